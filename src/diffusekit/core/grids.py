@@ -1,0 +1,143 @@
+"""Time grids: decreasing sequences t_0 = t_start > t_1 > ... > t_n = t_end of n steps (n + 1 points).
+
+All grids are float64 tensors of schedule time, so every sampler accepts every grid and every schedule.
+Default ends: t_start = schedule.t_max, t_end = schedule.t_min (pass ``t_end=0.0`` for a final step to
+clean data). Grids that are uniform in a transformed variable (logSNR, Karras sigma) are mapped back
+with ``schedule.t_of_lam``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._tensor import as_time
+from .schedules import Schedule, VPDiscrete
+
+GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras", "linspace", "leading", "trailing")
+
+
+def _ends(schedule: Schedule, steps: int, t_start, t_end):
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps}")
+    t_start = schedule.t_max if t_start is None else float(t_start)
+    t_end = schedule.t_min if t_end is None else float(t_end)
+    if not 0 <= t_end < t_start <= schedule.t_max * (1 + 1e-12):
+        raise ValueError(f"need 0 <= t_end < t_start <= {schedule.t_max}; got t_start={t_start}, t_end={t_end}")
+    return int(steps), t_start, t_end
+
+
+def grid_uniform(schedule: Schedule, steps: int, *, t_start=None, t_end=None) -> torch.Tensor:
+    """Uniform in t (DDIM's "uniform" / DPM-Solver's time_uniform)."""
+    steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
+    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+
+
+def grid_quadratic(schedule: Schedule, steps: int, *, t_start=None, t_end=None) -> torch.Tensor:
+    """Uniform in sqrt(t) (DDIM's "quadratic" / DPM-Solver's time_quadratic)."""
+    steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
+    return torch.linspace(t_start**0.5, t_end**0.5, steps + 1, dtype=torch.float64) ** 2
+
+
+def _finite_lam(schedule: Schedule, t_start: float, grid: str) -> None:
+    if not torch.isfinite(schedule.lam(t_start)):
+        raise ValueError(f"the {grid} grid needs a finite log-SNR at t_start={t_start}; pass t_start < {t_start} "
+                         "(e.g. 0.999 for a flow schedule, whose t = 1 is pure noise)")
+
+
+def grid_logsnr(schedule: Schedule, steps: int, *, t_start=None, t_end=None) -> torch.Tensor:
+    """Uniform in lam = log(alpha/sigma) (DPM-Solver's recommended logSNR grid, Lu et al. 2022 §3.3).
+
+    t_end = 0 (infinite lam) is kept as a final step: the other points are uniform in lam on
+    [lam(t_start), lam(t_min)].
+    """
+    steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
+    if t_end == 0:
+        inner = grid_logsnr(schedule, steps - 1, t_start=t_start, t_end=schedule.t_min) if steps > 1 else \
+            torch.tensor([t_start], dtype=torch.float64)
+        return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
+    _finite_lam(schedule, t_start, "logsnr")
+    lam = torch.linspace(float(schedule.lam(t_start)), float(schedule.lam(t_end)), steps + 1, dtype=torch.float64)
+    ts = schedule.t_of_lam(lam)
+    ts[0], ts[-1] = t_start, t_end
+    return ts
+
+
+def grid_karras(schedule: Schedule, steps: int, *, rho: float = 7.0, t_start=None, t_end=None) -> torch.Tensor:
+    """Karras et al. 2022 (arXiv 2206.00364, eq. 5) in the VE noise level s = sigma/alpha:
+
+        s_i = (s_max^{1/rho} + i/n (s_min^{1/rho} - s_max^{1/rho}))^rho,   i = 0..n,
+
+    mapped to schedule time. t_end = 0 appends a final step to clean data after n - 1 Karras steps.
+    """
+    steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
+    if t_end == 0:
+        inner = grid_karras(schedule, steps - 1, rho=rho, t_start=t_start, t_end=schedule.t_min) if steps > 1 else \
+            torch.tensor([t_start], dtype=torch.float64)
+        return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
+    _finite_lam(schedule, t_start, "karras")
+    s_max, s_min = float(schedule.sigma_tilde(t_start)), float(schedule.sigma_tilde(t_end))
+    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    ts = schedule.t_of_sigma_tilde(s)
+    ts[0], ts[-1] = t_start, t_end
+    return ts
+
+
+def diffusers_timesteps(num_train_timesteps: int, steps: int, spacing: str, *, steps_offset: int = 0) -> torch.Tensor:
+    """Integer timesteps as diffusers' schedulers pick them (descending), for N train steps, n steps.
+
+    linspace: round(linspace(0, N - 1, n)) reversed; leading: i * (N // n) + steps_offset, reversed;
+    trailing: round(arange(N, 0, -N/n)) - 1.
+    """
+    n_train, steps = int(num_train_timesteps), int(steps)
+    if not 1 <= steps <= n_train:
+        raise ValueError(f"steps must be in [1, {n_train}]; got {steps}")
+    if spacing == "linspace":
+        ts = torch.linspace(0, n_train - 1, steps, dtype=torch.float64).round().flip(0)
+    elif spacing == "leading":
+        ratio = n_train // steps
+        ts = (torch.arange(steps, dtype=torch.float64) * ratio).round().flip(0) + steps_offset
+    elif spacing == "trailing":
+        ratio = n_train / steps
+        ts = torch.round(torch.arange(n_train, 0, -ratio, dtype=torch.float64)) - 1
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; allowed: linspace, leading, trailing")
+    return ts.to(torch.int64)
+
+
+def grid_diffusers(schedule: VPDiscrete, steps: int, *, spacing: str = "leading", steps_offset: int = 0,
+                   final: str = "zero") -> torch.Tensor:
+    """diffusers' integer timesteps as schedule times t = (n + 1)/N, plus a final point.
+
+    ``final="zero"`` ends at t = 0 (clean data: DDIM with set_alpha_to_one, DDPM's last step);
+    ``final="first"`` ends at the first train step t = 1/N (DDIM with set_alpha_to_one=False).
+    """
+    if not isinstance(schedule, VPDiscrete):
+        raise ValueError("diffusers spacings need a discrete schedule (VPDiscrete)")
+    ts = schedule.t_of_timestep(diffusers_timesteps(schedule.num_train_timesteps, steps, spacing,
+                                                    steps_offset=steps_offset))
+    if final not in ("zero", "first"):
+        raise ValueError(f"unknown final {final!r}; allowed: zero, first")
+    end = 0.0 if final == "zero" else 1.0 / schedule.num_train_timesteps
+    return torch.cat([ts, as_time([end])])
+
+
+def make_grid(name: str, schedule: Schedule, steps: int, **options) -> torch.Tensor:
+    """Dispatch by name: uniform, logsnr, quadratic, karras, or a diffusers spacing (linspace, leading, trailing)."""
+    builders = {"uniform": grid_uniform, "logsnr": grid_logsnr, "quadratic": grid_quadratic, "karras": grid_karras}
+    if name in builders:
+        return builders[name](schedule, steps, **options)
+    if name in ("linspace", "leading", "trailing"):
+        return grid_diffusers(schedule, steps, spacing=name, **options)
+    raise ValueError(f"unknown time grid {name!r}; allowed: {', '.join(GRID_NAMES)}")
+
+
+def check_grid(ts: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """Validate a user grid: 1-D, at least 2 points, strictly decreasing, inside [0, t_max]."""
+    ts = as_time(ts)
+    if ts.ndim != 1 or ts.numel() < 2:
+        raise ValueError(f"a time grid must be 1-D with at least 2 points; got shape {tuple(ts.shape)}")
+    if bool((ts[1:] >= ts[:-1]).any()):
+        raise ValueError("a time grid must be strictly decreasing (from noise to data)")
+    schedule.check_time(ts)
+    return ts
