@@ -57,7 +57,7 @@ class NetworkDenoiser(Denoiser):
 
     @property
     def num_classes(self) -> int | None:
-        cfg = getattr(self.net, "config", None) or {}
+        cfg = getattr(getattr(self.net, "module", self.net), "config", None) or {}  # unwrap DDP
         return cfg.get("num_classes")
 
     @property

@@ -133,5 +133,5 @@ class GMMDenoiser(Denoiser):
         clean = sigma == 0
         x0 = self.mixture.posterior_mean(x, alpha, torch.where(clean, torch.ones_like(sigma), sigma))
         if bool(clean.any()):
-            x0 = torch.where(per_sample(clean, x0), x.to(torch.float64) / per_sample(alpha, x0), x0)
+            x0 = torch.where(clean.reshape(-1, 1), x.to(torch.float64) / per_sample(alpha, x0), x0)
         return x0.to(x.dtype)

@@ -35,7 +35,9 @@ def grid_uniform(schedule: Schedule, steps: int, *, t_start=None, t_end=None) ->
 def grid_quadratic(schedule: Schedule, steps: int, *, t_start=None, t_end=None) -> torch.Tensor:
     """Uniform in sqrt(t) (DDIM's "quadratic" / DPM-Solver's time_quadratic)."""
     steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
-    return torch.linspace(t_start**0.5, t_end**0.5, steps + 1, dtype=torch.float64) ** 2
+    ts = torch.linspace(t_start**0.5, t_end**0.5, steps + 1, dtype=torch.float64) ** 2
+    ts[0], ts[-1] = t_start, t_end
+    return ts
 
 
 def _finite_lam(schedule: Schedule, t_start: float, grid: str) -> None:
