@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.diffusekit-installed
 
-.PHONY: setup demo test bench-quick clean
+.PHONY: setup demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --durations=15 -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -75,7 +75,8 @@ def test_gaussian_frechet_closed_forms():
     assert gaussian_frechet_distance(mu1, a, mu2, b) == pytest.approx(ref, rel=1e-8)
     assert gaussian_frechet_distance(mu2, b, mu1, a) == pytest.approx(ref, rel=1e-8)
     # torch inputs work too
-    assert gaussian_frechet_distance(torch.tensor(mu1), torch.tensor(a), torch.tensor(mu2), torch.tensor(b)) == pytest.approx(ref, rel=1e-8)
+    got = gaussian_frechet_distance(torch.tensor(mu1), torch.tensor(a), torch.tensor(mu2), torch.tensor(b))
+    assert got == pytest.approx(ref, rel=1e-8)
 
 
 def test_frechet_large_sample_matches_closed_form():
@@ -187,7 +188,8 @@ def test_mmd_errors():
 def test_mode_coverage():
     means = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
     jitter = 0.1 * torch.randn(30, 2, generator=_gen(0))
-    samples = torch.cat([means[0] + jitter[:10], means[1] + jitter[10:20], means[2] + jitter[20:29], torch.tensor([[9.0, 9.0]])])
+    samples = torch.cat([means[0] + jitter[:10], means[1] + jitter[10:20], means[2] + jitter[20:29],
+                         torch.tensor([[9.0, 9.0]])])
     # modes 0, 1, 2 have 10, 10, 9 samples; mode 3 none (the far sample is outside the radius)
     assert mode_coverage(samples, means, radius=1.0) == pytest.approx(0.75)
     assert mode_coverage(samples, means, radius=1.0, min_count=10) == pytest.approx(0.5)

@@ -18,7 +18,8 @@ def _unzero_output(net: torch.nn.Module, seed: int = 0) -> None:
 
 
 def _small_unet(**kw) -> UNet:
-    cfg = dict(in_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2)
+    cfg = dict(in_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+               num_heads=2)
     cfg.update(kw)
     torch.manual_seed(0)
     return UNet(**cfg)

@@ -10,4 +10,11 @@ from .predictions import (PREDICTION_TYPES, convert, eps_from_x0, prediction_fro
 from .schedules import (FlowSchedule, Schedule, VESchedule, VPDiscrete, VPLinear, betas_for,
                         rescale_zero_terminal_snr, schedule_from_config)
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "CFGDenoiser", "CountingDenoiser", "Denoiser", "FunctionDenoiser", "NetworkDenoiser", "GaussianMixture",
+    "GMMDenoiser", "GRID_NAMES", "check_grid", "diffusers_timesteps", "grid_diffusers", "grid_karras", "grid_logsnr",
+    "grid_quadratic", "grid_uniform", "make_grid", "generators_from_seeds", "prior_sample", "randn", "randn_like",
+    "PREDICTION_TYPES", "convert", "eps_from_x0", "prediction_from_x0_eps", "x0_from_prediction", "x0_loss_weight",
+    "FlowSchedule", "Schedule", "VESchedule", "VPDiscrete", "VPLinear", "betas_for", "rescale_zero_terminal_snr",
+    "schedule_from_config",
+]

@@ -59,7 +59,8 @@ class DigitsClassifier(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        self.config = {"channels": channels, "feature_dim": feature_dim, "num_classes": num_classes, "dropout": float(dropout)}
+        self.config = {"channels": channels, "feature_dim": feature_dim, "num_classes": num_classes,
+                       "dropout": float(dropout)}
         c = channels
         self.body = nn.Sequential(
             nn.Conv2d(1, c, 3, padding=1), nn.SiLU(),
@@ -163,7 +164,8 @@ def digits_features(x: torch.Tensor, classifier: DigitsClassifier, *, batch_size
     classifier.eval()
     dev = next(classifier.parameters()).device
     try:
-        out = [classifier.features(x[s : s + batch_size].to(dev)).float().cpu() for s in range(0, x.shape[0], batch_size)]
+        out = [classifier.features(x[s : s + batch_size].to(dev)).float().cpu()
+               for s in range(0, x.shape[0], batch_size)]
     finally:
         classifier.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, classifier.head.in_features)
@@ -188,7 +190,8 @@ def class_accuracy(samples: torch.Tensor, labels: torch.Tensor, *, classifier: D
     classifier.eval()
     dev = next(classifier.parameters()).device
     try:
-        pred = torch.cat([classifier(samples[s : s + 1024].to(dev)).argmax(1).cpu() for s in range(0, samples.shape[0], 1024)])
+        pred = torch.cat([classifier(samples[s : s + 1024].to(dev)).argmax(1).cpu()
+                          for s in range(0, samples.shape[0], 1024)])
     finally:
         classifier.train(was_training)
     return float((pred == labels.cpu()).double().mean())

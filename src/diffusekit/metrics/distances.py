@@ -223,7 +223,8 @@ def gaussian_frechet_distance(mu1, cov1, mu2, cov2, *, eps: float = 1e-6) -> flo
         imag = np.max(np.abs(covmean.imag)) if covmean.size else 0.0
         scale = max(1.0, float(np.max(np.abs(covmean.real))) if covmean.size else 1.0)
         if imag > 1e-6 * scale:
-            warnings.warn(f"frechet distance: sqrtm has a non-negligible imaginary part ({imag:.3g}); dropped")
+            warnings.warn(f"frechet distance: sqrtm has a non-negligible imaginary part ({imag:.3g}); dropped",
+                          stacklevel=2)
         covmean = covmean.real
     diff = m1 - m2
     return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(covmean))

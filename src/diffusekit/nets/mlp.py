@@ -56,7 +56,8 @@ class MLPDenoiserNet(nn.Module):
     (roughly [-2000, 2000]); class_labels long (B,) in [0, num_classes] or None (= all null).
     """
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, time_embed_dim: int = 64, num_classes: int | None = None):
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, time_embed_dim: int = 64,
+                 num_classes: int | None = None):
         super().__init__()
         dim = _check_int("dim", dim, 1)
         hidden = _check_int("hidden", hidden, 1)

@@ -274,7 +274,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level in reversed(range(len(channel_mult))):
             out_ch = base_channels * channel_mult[level]
-            for i in range(num_res_blocks + 1):
+            for _ in range(num_res_blocks + 1):
                 cin = ch + skip_channels.pop()
                 self.up.append(_Level(ResBlock(dims, cin, out_ch, emb_dim, dropout), attn(out_ch, level_res[level])))
                 ch = out_ch

@@ -23,7 +23,7 @@ def _steps(denoiser: Denoiser, x: torch.Tensor, ts):
     return [(i, ts[i], ts[i + 1]) for i in range(len(ts) - 1)]
 
 
-def _coef(schedule, t, x):  # noqa: ARG001 - x kept for a uniform call shape
+def _coef(schedule, t):
     """alpha_t, sigma_t as python-float-like 0-d float64 tensors."""
     return schedule.alpha(t), schedule.sigma(t)
 
@@ -45,8 +45,8 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 0.0, co
     sched = denoiser.schedule
     for i, s, t in _steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
-        a_s, s_s = _coef(sched, s, x)
-        a_t, s_t = _coef(sched, t, x)
+        a_s, s_s = _coef(sched, s)
+        a_t, s_t = _coef(sched, t)
         eps = (x - a_s * x0) / s_s
         c = eta * s_t * torch.sqrt(torch.clamp(-torch.expm1(2 * (sched.lam(s) - sched.lam(t))), min=0)) \
             if eta > 0 and s_t > 0 else torch.zeros((), dtype=torch.float64)
@@ -76,8 +76,8 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None = 
     sched = denoiser.schedule
     for i, s, t in _steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
-        a_s, s_s = _coef(sched, s, x)
-        a_t, s_t = _coef(sched, t, x)
+        a_s, s_s = _coef(sched, s)
+        a_t, s_t = _coef(sched, t)
         a_ts = a_s / a_t
         var_ts = s_s**2 - a_ts**2 * s_t**2
         mean = (a_ts * s_t**2 / s_s**2) * x + (a_t * var_ts / s_s**2) * x0
@@ -102,7 +102,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None =
     sched = denoiser.schedule
     for i, s, t in _steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
-        a_s, s_s = _coef(sched, s, x)
+        a_s, s_s = _coef(sched, s)
         eps = (x - a_s * x0) / s_s
         x = x + (t - s) * (sched.d_alpha(s) * x0 + sched.d_sigma(s) * eps)
         x = x.to(x0.dtype)
@@ -130,7 +130,7 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict
         if final_denoise and i == len(steps) - 1:
             x = x0
         else:
-            a_s, s_s = _coef(sched, s, x)
+            a_s, s_s = _coef(sched, s)
             f = sched.d_log_alpha(s)
             g2 = -2 * s_s**2 * sched.d_lam(s)
             score = -(x - a_s * x0) / s_s**2

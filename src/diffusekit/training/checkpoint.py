@@ -245,7 +245,7 @@ def optimizer_state_from_tensors(
             f"optimizer has {len(live_groups)} param groups but the checkpoint has {len(groups_desc)}"
         )
     groups = []
-    for g_idx, (saved, live) in enumerate(zip(groups_desc, live_groups)):
+    for saved, live in zip(groups_desc, live_groups):
         group = dict(saved)
         for key, value in list(group.items()):
             if isinstance(live.get(key), tuple) and isinstance(value, list):

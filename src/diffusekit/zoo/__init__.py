@@ -1,1 +1,112 @@
+"""Shipped model assets: small checkpoints we train ourselves, as safetensors plus a JSON manifest.
 
+``diffusekit.zoo.load(name)`` returns a ready object: a ``NetworkDenoiser`` (EMA weights, its schedule and
+prediction type) for diffusion models, or the ``DigitsClassifier`` used by digits-FD. ``build`` retrains
+the assets (``diffusekit zoo build``); each manifest records the config, training seconds, metrics and the
+sha256 of the weights file, which ``load`` verifies.
+
+Assets:
+* ``digits_classifier``: CNN feature extractor / classifier on the digits train split.
+* ``digits_unet``: class-conditional UNet on digits (eps prediction, discrete linear VP schedule).
+* ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (eps prediction, continuous VP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..plotting import atomic_write_bytes, default_file_mode
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8")
+
+
+class ZooError(ValueError):
+    """A zoo asset is unknown, missing or does not match its manifest."""
+
+
+def _check_name(name: str) -> str:
+    if name not in MODELS:
+        raise ZooError(f"unknown zoo model {name!r}; available: {', '.join(MODELS)}")
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(name: str, assets_dir: Path = ASSETS_DIR) -> dict:
+    path = Path(assets_dir) / f"{_check_name(name)}.json"
+    if not path.exists():
+        raise ZooError(f"zoo model {name!r} is not built: {path} is missing; run `diffusekit zoo build`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ZooError(f"zoo manifest {path} is not valid JSON ({err.msg})") from None
+
+
+def load_state(name: str, assets_dir: Path = ASSETS_DIR, *, verify: bool = True) -> tuple[dict, dict]:
+    """(state_dict, manifest) of a zoo asset; checks the weights' sha256 against the manifest."""
+    meta = manifest(name, assets_dir)
+    path = Path(assets_dir) / meta["file"]
+    if not path.exists():
+        raise ZooError(f"zoo weights {path} are missing; run `diffusekit zoo build`")
+    if verify and sha256_file(path) != meta["sha256"]:
+        raise ZooError(f"zoo weights {path} do not match the sha256 in their manifest; rebuild them")
+    try:
+        return load_file(str(path)), meta
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ZooError(f"zoo weights {path} cannot be read: {err}") from None
+
+
+def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
+    """Load a zoo asset as a ready-to-use object (eval mode, float32, CPU)."""
+    from ..core import NetworkDenoiser, schedule_from_config
+    from ..metrics.digits import DigitsClassifier
+    from ..nets import build_net
+
+    state, meta = load_state(name, assets_dir, verify=verify)
+    if meta["kind"] == "classifier":
+        model = DigitsClassifier(**meta["net"])
+        model.load_state_dict(state)
+        return model.eval()
+    net = build_net(meta["net"])
+    net.load_state_dict(state)
+    net.eval()
+    return NetworkDenoiser(net, schedule_from_config(meta["schedule"]), meta["loss"]["prediction"])
+
+
+def write_asset(name: str, state: dict, meta: dict, assets_dir: Path = ASSETS_DIR) -> dict:
+    """Write NAME.safetensors and NAME.json atomically (temp file + rename, manifest last)."""
+    assets_dir = Path(assets_dir)
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    weights = assets_dir / f"{name}.safetensors"
+    fd, tmp = tempfile.mkstemp(dir=assets_dir, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, weights)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    meta = {**meta, "name": name, "file": weights.name, "sha256": sha256_file(weights),
+            "bytes": weights.stat().st_size, "torch_version": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_bytes(assets_dir / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+__all__ = ["ASSETS_DIR", "MODELS", "ZooError", "load", "load_state", "manifest", "sha256_file", "write_asset"]

@@ -1,0 +1,131 @@
+"""Figures the CLI and benches write: image grids, loss curves, and atomic file output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_file_mode() -> int:
+    """0o666 less the process umask: the mode an ordinary ``open(path, "w")`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor) and o.numel() == 1:
+        return o.item()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _save_figure(fig, path: str | os.PathLike) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def image_grid(x: torch.Tensor, nrow: int, *, pad: int = 1, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """Tile images (N, C, H, W) into one uint8 array (rows of ``nrow`` images), grey or RGB."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, 1 or 3, H, W); got {tuple(x.shape)}")
+    lo, hi = value_range
+    x = ((x.detach().float().cpu().clamp(lo, hi) - lo) / (hi - lo)).numpy()
+    n, c, h, w = x.shape
+    ncol = -(-n // nrow)
+    grid = np.ones((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
+    grid = (grid * 255).round().astype(np.uint8)
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_image_grid(x: torch.Tensor, path, nrow: int, *, scale: int = 6, value_range=(-1.0, 1.0)) -> None:
+    """Save an image grid as PNG, upscaled by ``scale`` with nearest-neighbour so small digits stay crisp."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(image_grid(x, nrow, value_range=value_range))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_loss_plot(losses, path, *, title: str = "training loss", window: int = 50) -> None:
+    """Per-step loss (faint) and its moving average over ``window`` steps, log-scale y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per step")
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="tab:blue", lw=1.8, label=f"moving average ({window})")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def save_scatter(points: dict, path, *, title: str = "", lim: float | None = None) -> None:
+    """Side-by-side 2-D scatter plots, one per entry of ``points`` (name -> (N, 2) tensor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.2), squeeze=False)
+    for ax, (name, p) in zip(axes[0], points.items()):
+        p = torch.as_tensor(p).detach().cpu().numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=1.5, alpha=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_aspect("equal")
+        if lim is not None:
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+    if title:
+        fig.suptitle(title)
+    _save_figure(fig, path)

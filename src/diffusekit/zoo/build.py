@@ -1,0 +1,89 @@
+"""``diffusekit zoo build``: retrain the shipped assets and write them with their manifests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..core import grid_logsnr, prior_sample
+from ..data import load_dataset, ring8_mixture
+from ..metrics import gmm_nll, mode_coverage, sliced_wasserstein
+from ..metrics.digits import train_digits_classifier
+from ..samplers import sample_ddim
+from ..training.trainer import TrainConfig
+from . import ASSETS_DIR, MODELS, load, write_asset
+from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, RING_LOSS, RING_NET, RING_SCHEDULE, evaluate_digits,
+                      train_model)
+
+# Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
+BUDGETS = {
+    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 6_000},
+    "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4},
+}
+
+
+def build_digits_classifier(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    t0 = time.perf_counter()
+    clf = train_digits_classifier(train.x, train.y, epochs=budget["classifier_epochs"], seed=0)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = float((clf(test.x).argmax(1) == test.y).double().mean())
+    meta = {"kind": "classifier", "net": {k: v for k, v in clf.config.items() if k != "name"},
+            "training": {"epochs": budget["classifier_epochs"], "seed": 0, "data": "digits train split"},
+            "training_seconds": seconds, "metrics": {"test_accuracy": acc}}
+    return write_asset("digits_classifier", clf.state_dict(), meta, assets_dir)
+
+
+def build_digits_unet(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    train = load_dataset("digits", "train")
+    config = TrainConfig(steps=budget["digits_steps"], batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.999,
+                         log_every=100, progress=progress)
+    trainer, loss, history = train_model(DIGITS_NET, DIGITS_SCHEDULE, DIGITS_LOSS, (train.x, train.y), config)
+    classifier = load("digits_classifier", assets_dir=assets_dir)
+    denoiser = loss.denoiser(trainer.ema_model.eval())
+    metrics = {}
+    for guidance in (1.0, 2.0):
+        m, _ = evaluate_digits(denoiser, classifier, guidance=guidance)
+        metrics[f"guidance_{guidance:g}"] = m
+    meta = {"kind": "denoiser", "net": DIGITS_NET, "schedule": DIGITS_SCHEDULE, "loss": DIGITS_LOSS,
+            "training": config.to_dict(), "training_seconds": history["seconds"],
+            "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])), "metrics": metrics}
+    return write_asset("digits_unet", trainer.ema_model.state_dict(), meta, assets_dir)
+
+
+def build_toy_ring8(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    train = load_dataset("gmm_ring8", "train")
+    config = TrainConfig(steps=budget["ring_steps"], batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.999,
+                         log_every=100, progress=progress)
+    trainer, loss, history = train_model(RING_NET, RING_SCHEDULE, RING_LOSS, (train.x,), config)
+    denoiser = loss.denoiser(trainer.ema_model.eval())
+    mixture = ring8_mixture()
+    n = 5000
+    with torch.no_grad():
+        x_T = prior_sample(denoiser.schedule, (n, 2), torch.Generator().manual_seed(0))
+        x = sample_ddim(denoiser, x_T, grid_logsnr(denoiser.schedule, 100, t_end=0.0)).double()
+    truth = mixture.sample(n, torch.Generator().manual_seed(1))
+    metrics = {"nll": gmm_nll(x, mixture), "nll_true_samples": gmm_nll(truth, mixture),
+               "sliced_wasserstein": sliced_wasserstein(x, truth, generator=torch.Generator().manual_seed(2)),
+               "mode_coverage": mode_coverage(x, mixture.means, radius=0.45),
+               "sampler": "ddim, 100 logsnr steps", "num_samples": n}
+    meta = {"kind": "denoiser", "net": RING_NET, "schedule": RING_SCHEDULE, "loss": RING_LOSS,
+            "training": config.to_dict(), "training_seconds": history["seconds"], "metrics": metrics}
+    return write_asset("toy_ring8", trainer.ema_model.state_dict(), meta, assets_dir)
+
+
+BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_digits_unet,
+            "toy_ring8": build_toy_ring8}
+
+
+def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:
+    """Train and write the named assets (default: all, classifier first since digits metrics use it)."""
+    names = list(MODELS) if not names else list(names)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown zoo model {unknown[0]!r}; available: {', '.join(MODELS)}")
+    budget = BUDGETS["quick" if quick else "full"]
+    return {name: BUILDERS[name](budget, Path(assets_dir), progress) for name in MODELS if name in names}
