@@ -67,6 +67,8 @@ def test_ddpm_equals_ddim_eta_one_with_the_same_noise():
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_one_network_call_per_step_and_shapes(name):
+    if SAMPLERS[name].adaptive:
+        pytest.skip("adaptive step size: NFE is reported by the sampler (tested in its own module)")
     s = VPLinear()
     den = CountingDenoiser(mixture().denoiser(s))
     x = torch.randn(5, 2)

@@ -13,14 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..core.denoiser import Denoiser
-from ..core.grids import check_grid
 from ..core.noise import GeneratorArg, randn_like
-from .registry import register_sampler
-
-
-def _steps(denoiser: Denoiser, x: torch.Tensor, ts):
-    ts = check_grid(ts, denoiser.schedule).to(x.device)
-    return [(i, ts[i], ts[i + 1]) for i in range(len(ts) - 1)]
+from .registry import grid_steps, register_sampler
 
 
 def _coef(schedule, t):
@@ -43,7 +37,7 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 0.0, co
         raise ValueError(f"eta must be >= 0; got {eta}")
     cond = cond or {}
     sched = denoiser.schedule
-    for i, s, t in _steps(denoiser, x, ts):
+    for i, s, t in grid_steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
         a_s, s_s = _coef(sched, s)
         a_t, s_t = _coef(sched, t)
@@ -74,7 +68,7 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None = 
     """
     cond = cond or {}
     sched = denoiser.schedule
-    for i, s, t in _steps(denoiser, x, ts):
+    for i, s, t in grid_steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
         a_s, s_s = _coef(sched, s)
         a_t, s_t = _coef(sched, t)
@@ -100,7 +94,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None =
     """
     cond = cond or {}
     sched = denoiser.schedule
-    for i, s, t in _steps(denoiser, x, ts):
+    for i, s, t in grid_steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
         a_s, s_s = _coef(sched, s)
         eps = (x - a_s * x0) / s_s
@@ -124,7 +118,7 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict
     """
     cond = cond or {}
     sched = denoiser.schedule
-    steps = _steps(denoiser, x, ts)
+    steps = grid_steps(denoiser, x, ts)
     for i, s, t in steps:
         x0 = denoiser(x, s, **cond)
         if final_denoise and i == len(steps) - 1:
