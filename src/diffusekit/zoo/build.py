@@ -19,7 +19,7 @@ from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, RING_LOSS, RING_
 
 # Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
 BUDGETS = {
-    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 6_000},
+    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 12_000},
     "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4},
 }
 
@@ -56,7 +56,7 @@ def build_digits_unet(budget: dict, assets_dir: Path, progress: bool) -> dict:
 
 def build_toy_ring8(budget: dict, assets_dir: Path, progress: bool) -> dict:
     train = load_dataset("gmm_ring8", "train")
-    config = TrainConfig(steps=budget["ring_steps"], batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.999,
+    config = TrainConfig(steps=budget["ring_steps"], batch_size=256, lr=1e-3, warmup_steps=100, ema_decay=0.999,
                          log_every=100, progress=progress)
     trainer, loss, history = train_model(RING_NET, RING_SCHEDULE, RING_LOSS, (train.x,), config)
     denoiser = loss.denoiser(trainer.ema_model.eval())

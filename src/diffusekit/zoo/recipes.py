@@ -6,7 +6,6 @@ Sizes were chosen so the digits model trains to good quality in a few minutes on
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -25,9 +24,11 @@ DIGITS_NET = {"name": "unet", "in_channels": 1, "base_channels": 32, "channel_mu
 DIGITS_SCHEDULE = {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000}
 DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1}
 
-RING_NET = {"name": "mlp", "dim": 2, "hidden": 128, "depth": 3, "time_embed_dim": 32}
+RING_NET = {"name": "mlp", "dim": 2, "hidden": 256, "depth": 4, "time_embed_dim": 64}
 RING_SCHEDULE = {"name": "vp_linear", "beta_min": 0.1, "beta_max": 20.0, "t_min": 1e-3}
-RING_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.0}
+# v-prediction with min-SNR weighting: with eps-prediction the same budget left ~1.5% of samples between
+# modes (mean exact NLL 4.0 vs 1.3, measured side by side)
+RING_LOSS = {"prediction": "v", "weighting": "min_snr", "label_dropout": 0.0}
 
 
 def make_loss(schedule_config: dict, loss_config: dict) -> DiffusionLoss:
@@ -88,5 +89,3 @@ def evaluate_digits(denoiser: NetworkDenoiser, classifier, *, n_per_class: int =
     return metrics, samples
 
 
-def finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
