@@ -72,11 +72,20 @@ def test_sample_zoo_png(tmp_path):
     assert out.stat().st_size > 0
 
 
-def test_bench_quick_writes_json_and_png(tmp_path):
-    assert main(["bench", "samplers_baseline", "--quick", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "samplers_baseline.json").read_text())
-    assert result["quick"] is True and "gmm_ring8" in result["problems"]
-    assert (tmp_path / "samplers_baseline.png").stat().st_size > 0
+@pytest.mark.parametrize("name", ["samplers_baseline", "momentum", "autodiffusion"])  # solvers: own test file
+def test_bench_quick_writes_json_and_png(tmp_path, name):
+    assert main(["bench", name, "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["quick"] is True and result["bench"] == name and result["summary"]
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_every_bench_is_listed(capsys):
+    from diffusekit.bench import BENCHES
+
+    assert main(["bench", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in BENCHES)
 
 
 @pytest.mark.parametrize("argv,expected", [
