@@ -33,7 +33,7 @@ def test_demo_tiny(tmp_path, capsys):
 
 def test_train_resume_sample_eval(tmp_path, capsys):
     run = tmp_path / "run"
-    base = ["train", "--data", "gmm_ring8", "--n", "512", "--batch-size", "64", "--out", str(run), "--no-progress"]
+    base = ["train", "--data", "gmm_ring8", "--num-examples", "512", "--batch-size", "64", "--out", str(run), "--no-progress"]
     assert main(base + ["--steps", "4"]) == 0
     ckpt = (run / "checkpoint.safetensors").read_bytes()
     # a second run into the same folder without --resume is refused and leaves the checkpoint alone
@@ -97,7 +97,8 @@ def test_every_bench_is_listed(capsys):
     (["sample", "--model", "zoo:digits_unet", "--class-label", "12", "--out", "{tmp}/a.png"], "--class-label"),
     (["bench", "nosuchbench"], "unknown bench 'nosuchbench'"),
     (["train", "--data", "gmm_ring8", "--prediction", "noise", "--out", "{tmp}/x"], "unknown prediction type"),
-    (["train", "--data", "moons", "--conditional", "--steps", "1", "--out", "{tmp}/x", "--n", "64"], None),
+    (["train", "--data", "moons", "--conditional", "--steps", "1", "--out", "{tmp}/x", "--num-examples", "64",
+      "--batch-size", "32"], None),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, expected):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -112,7 +113,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, expected):
 
 def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", "gmm_ring8", "--n", "256", "--batch-size", "64", "--steps", "2", "--out", str(run),
+    assert main(["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--steps", "2", "--out", str(run),
                  "--no-progress"]) == 0
     blob = bytearray((run / "checkpoint.safetensors").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -125,7 +126,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
 
 def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    base = ["train", "--data", "gmm_ring8", "--n", "256", "--batch-size", "64", "--out", str(run), "--no-progress"]
+    base = ["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--out", str(run), "--no-progress"]
     assert main(base + ["--steps", "2"]) == 0
     before = (run / "checkpoint.safetensors").read_bytes()
     from diffusekit.training import losses
@@ -156,7 +157,7 @@ def test_train_command_under_torchrun(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "diffusekit.cli", "train", "--data", "gmm_ring8", "--n", "512",
+           f"--master_port={port}", "-m", "diffusekit.cli", "train", "--data", "gmm_ring8", "--num-examples", "512",
            "--steps", "4", "--batch-size", "64", "--out", str(tmp_path / "ddp"), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

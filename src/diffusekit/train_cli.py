@@ -28,7 +28,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoint, log, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--data", default=None, help="dataset name (default digits)")
-    p.add_argument("--n", type=int, default=None, help="number of training examples (default: dataset's)")
+    p.add_argument("--num-examples", type=int, default=None, help="number of training examples (default: dataset's)")
     p.add_argument("--net", default=None, choices=["mlp", "unet"], help="network family")
     p.add_argument("--schedule", default=None, choices=["vp_discrete", "vp_linear", "ve", "flow"])
     p.add_argument("--prediction", default=None, help="eps, x0, v, score, velocity, edm")
@@ -69,8 +69,8 @@ def resolve_config(args) -> dict:
     data = cfg.setdefault("data", {})
     if args.data is not None:
         data["name"] = args.data
-    if args.n is not None:
-        data["n"] = args.n
+    if args.num_examples is not None:
+        data["n"] = args.num_examples
     data.setdefault("name", "digits")
     if args.conditional is not None:
         cfg["conditional"] = True

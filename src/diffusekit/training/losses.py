@@ -23,7 +23,7 @@ import torch
 
 from ..core._tensor import per_sample
 from ..core.denoiser import NetworkDenoiser
-from ..core.predictions import prediction_from_x0_eps, x0_loss_weight
+from ..core.predictions import check_prediction, prediction_from_x0_eps, x0_loss_weight
 from ..core.schedules import VPDiscrete
 
 WEIGHTINGS = ("uniform", "min_snr", "edm")
@@ -72,6 +72,7 @@ class DiffusionLoss:
     def __init__(self, schedule, prediction: str = "eps", *, weighting: str = "uniform", min_snr_gamma: float = 5.0,
                  time_sampling: str = "uniform", sigma_data: float = 0.5, label_dropout: float = 0.0,
                  scale_input: bool | None = None):
+        check_prediction(prediction)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
         if time_sampling not in TIME_SAMPLINGS:
