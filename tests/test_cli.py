@@ -33,7 +33,8 @@ def test_demo_tiny(tmp_path, capsys):
 
 def test_train_resume_sample_eval(tmp_path, capsys):
     run = tmp_path / "run"
-    base = ["train", "--data", "gmm_ring8", "--num-examples", "512", "--batch-size", "64", "--out", str(run), "--no-progress"]
+    base = ["train", "--data", "gmm_ring8", "--num-examples", "512", "--batch-size", "64", "--out", str(run),
+            "--no-progress"]
     assert main(base + ["--steps", "4"]) == 0
     ckpt = (run / "checkpoint.safetensors").read_bytes()
     # a second run into the same folder without --resume is refused and leaves the checkpoint alone
@@ -113,7 +114,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, expected):
 
 def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--steps", "2", "--out", str(run),
+    assert main(["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--steps", "2",
+                 "--out", str(run),
                  "--no-progress"]) == 0
     blob = bytearray((run / "checkpoint.safetensors").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -126,7 +128,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
 
 def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    base = ["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--out", str(run), "--no-progress"]
+    base = ["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--out", str(run),
+            "--no-progress"]
     assert main(base + ["--steps", "2"]) == 0
     before = (run / "checkpoint.safetensors").read_bytes()
     from diffusekit.training import losses
