@@ -571,7 +571,9 @@ class Trainer:
         interval_loss: list[float] = []
         interval_gn: list[float] = []
         self.train_model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", file=sys.stderr,
+        # with a wall-clock budget the step total is only an upper bound: say so instead of a misleading ETA
+        desc = "train" if cfg.max_seconds is None else f"train (stops after {cfg.max_seconds:g} s)"
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, file=sys.stderr,
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         try:
             while self.step < cfg.steps:
