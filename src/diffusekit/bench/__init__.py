@@ -56,7 +56,9 @@ def run_bench(name: str, *, out: str | Path = "bench_out", quick: bool = False) 
 
 def _load_all() -> None:
     """Import the bench modules so they register themselves."""
-    from . import autodiffusion, ditto, find, guidance, inverse, momentum, samplers_baseline, solvers  # noqa: F401
+    from . import (  # noqa: F401
+        autodiffusion, ditto, find, guidance, inverse, momentum, ppap, samplers_baseline, solvers,
+    )
 
 
 _load_all()
