@@ -75,7 +75,7 @@ def test_sample_zoo_png(tmp_path):
 
 # solvers and guidance have their own quick-bench tests
 @pytest.mark.parametrize("name", ["samplers_baseline", "momentum", "autodiffusion", "inverse", "ditto", "find",
-                                  "ppap", "resshift"])
+                                  "ppap", "resshift", "obc"])
 def test_bench_quick_writes_json_and_png(tmp_path, name):
     assert main(["bench", name, "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / f"{name}.json").read_text())

@@ -57,7 +57,7 @@ def run_bench(name: str, *, out: str | Path = "bench_out", quick: bool = False) 
 def _load_all() -> None:
     """Import the bench modules so they register themselves."""
     from . import (  # noqa: F401
-        autodiffusion, ditto, find, guidance, inverse, momentum, ppap, resshift, samplers_baseline, solvers,
+        autodiffusion, ditto, find, guidance, inverse, momentum, obc, ppap, resshift, samplers_baseline, solvers,
     )
 
 
