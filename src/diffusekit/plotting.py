@@ -129,3 +129,17 @@ def save_scatter(points: dict, path, *, title: str = "", lim: float | None = Non
     if title:
         fig.suptitle(title)
     _save_figure(fig, path)
+
+
+def grouped_psnr_bars(ax, table: dict, groups, methods, *, labels=None) -> None:
+    """Grouped bar chart of ``table[group][method]["psnr"]``: one group of bars per task, one bar per method,
+    centred on the group's tick; ``labels`` maps a method to its legend label (default: the method name)."""
+    groups, methods = list(groups), list(methods)
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        offset = (j - (len(methods) - 1) / 2) * width
+        ax.bar([i + offset for i in range(len(groups))], [table[g][method]["psnr"] for g in groups], width,
+               label=(labels or {}).get(method, method))
+    ax.set_ylabel("PSNR (dB)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)

@@ -20,6 +20,7 @@ import torch
 from ..core import grid_uniform
 from ..methods.inverse import (SOLVERS, gaussian_blur, inpaint_box, inpaint_random, super_resolution)
 from ..metrics import psnr, ssim
+from ..plotting import grouped_psnr_bars
 from . import register_bench
 
 SIGMA_Y = 0.05
@@ -88,15 +89,9 @@ def _run(quick: bool):
         ax.set_xticks([])
         ax.set_title(f"{task} (sigma_y={SIGMA_Y})", fontsize=9)
     ax = axes.flat[-1]
-    width = 0.8 / len(METHODS)
-    for j, method in enumerate(METHODS):
-        ax.bar([i + (j - 1.5) * width for i in range(len(TASKS))], [table[t][method]["psnr"] for t in TASKS],
-               width, label=f"{method} (NFE {STEPS[method]})")
+    grouped_psnr_bars(ax, table, TASKS, METHODS, labels={m: f"{m} (NFE {STEPS[m]})" for m in METHODS})
     ax.set_xticks(range(len(TASKS)), list(TASKS), fontsize=8, rotation=20)
-    ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"mean PSNR over {n} digits test images", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     summary = "PSNR dB pinv/DPS/DDRM/RED-Diff: " + "; ".join(
         f"{t} " + "/".join(f"{table[t][m]['psnr']:.1f}" for m in METHODS) for t in TASKS)

@@ -21,6 +21,7 @@ from ..core import VPDiscrete
 from ..methods.obc import decode_with_boundary, select_boundary_condition, sr_with_boundary
 from ..methods.resshift import sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
+from ..plotting import grouped_psnr_bars
 from . import register_bench
 
 METHODS = ("random", "zero", "obc", "oracle")
@@ -107,18 +108,12 @@ def _run(quick: bool):
     ax.set_xticks([])
     ax.set_title("digits SR x2 (test)", fontsize=9)
     ax = axes[1]
-    width = 0.8 / len(METHODS)
     keys = list(table)
-    for j, m in enumerate(METHODS):
-        ax.bar([i + (j - 1.5) * width for i in range(len(keys))], [table[k][m]["psnr"] for k in keys], width,
-               label=m)
+    grouped_psnr_bars(ax, table, keys, METHODS)
     ax.set_xticks(range(len(keys)), keys)
     lo = min(table[k][m]["psnr"] for k in keys for m in METHODS)
     ax.set_ylim(lo - 1.0, None)
-    ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"K={k_cand} candidates, |R|={n_ref}, {n_test} test images", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     summary = "PSNR/SSIM " + "; ".join(
         f"{k}: " + ", ".join(f"{m} {table[k][m]['psnr']:.2f}/{table[k][m]['ssim']:.3f}" for m in METHODS)

@@ -19,6 +19,7 @@ import torch
 from ..core import VPDiscrete
 from ..methods.resshift import ResShift, sample_ddpm_sr, sr_pairs, train_ddpm_sr, train_resshift
 from ..metrics import psnr, ssim
+from ..plotting import grouped_psnr_bars
 from . import register_bench
 
 TASKS = {"sr2": 2, "sr4": 4}
@@ -77,15 +78,9 @@ def _run(quick: bool):
         ax.set_xticks([])
         ax.set_title(task, fontsize=9)
     ax = axes[-1]
-    width = 0.8 / len(METHODS)
-    for j, method in enumerate(METHODS):
-        ax.bar([i + (j - 1.5) * width for i in range(len(TASKS))], [table[t][method]["psnr"] for t in TASKS],
-               width, label=f"{method} (NFE {NFE[method]})")
+    grouped_psnr_bars(ax, table, TASKS, METHODS, labels={m: f"{m} (NFE {NFE[m]})" for m in METHODS})
     ax.set_xticks(range(len(TASKS)), list(TASKS))
-    ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"mean PSNR over {len(x_test)} digits test images", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     summary = "PSNR/SSIM " + "; ".join(
         f"{t}: " + ", ".join(f"{m} {table[t][m]['psnr']:.2f}/{table[t][m]['ssim']:.3f}" for m in METHODS)
