@@ -12,13 +12,13 @@ def test_guidance_bench_quick(tmp_path):
     saved = json.loads((tmp_path / "guidance.json").read_text())
     assert (tmp_path / "guidance.png").stat().st_size > 0
     assert saved["summary"] == result["summary"] and saved["quick"] is True
-    keys = {"accuracy", "diversity", "saturation", "digits_fd"}
+    keys = {"accuracy", "judge_accuracy", "diversity", "saturation", "digits_fd"}
     assert set(saved["cfg"]) == {str(p) for p in saved["rescale_phi"]}
     for by_scale in saved["cfg"].values():
         assert set(by_scale) == {str(w) for w in saved["scales"]}
         for m in by_scale.values():
             assert set(m) == keys and all(math.isfinite(v) for v in m.values())
-            assert 0 <= m["accuracy"] <= 1 and 0 <= m["saturation"] <= 1
+            assert 0 <= m["accuracy"] <= 1 and 0 <= m["judge_accuracy"] <= 1 and 0 <= m["saturation"] <= 1
     for kind in ("classifier", "universal", "universal_eps"):
         rows = saved["gradient_guidance"][kind]
         assert set(rows) == {str(s) for s in saved["gradient_guidance_scales"][kind]}

@@ -335,3 +335,62 @@ def test_digits_errors():
         class_accuracy(torch.zeros(3, 1, 8, 8), torch.tensor([0, 1]), classifier=clf)
     with pytest.raises(ValueError):
         train_digits_classifier(torch.zeros(3, 1, 8, 8), torch.tensor([0, 1, 10]), epochs=1, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# independent judge
+# ----------------------------------------------------------------------------------------------
+def test_judge_classifies_held_out_digits_and_rejects_noise():
+    from diffusekit.data import load_dataset
+    from diffusekit.metrics import judge_accuracy, judge_predict
+
+    test = load_dataset("digits", "test")
+    assert judge_accuracy(test.x, test.y) > 0.97
+    # uniform-noise images are not assigned one class consistently: no class gets 90% of them
+    noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    counts = torch.bincount(judge_predict(noise), minlength=10)
+    assert int(counts.max()) < 180
+
+
+def test_judge_is_not_fooled_by_an_adversarial_step_against_the_cnn():
+    """A targeted gradient attack on the zoo CNN flips the CNN's decision but not the SVM judge's."""
+    from diffusekit import zoo
+    from diffusekit.data import load_dataset
+    from diffusekit.metrics import class_accuracy, judge_accuracy
+
+    clf = zoo.load("digits_classifier")
+    test = load_dataset("digits", "test")
+    x, y = test.x[:100], test.y[:100]
+    target = (y + 1) % 10
+    adv = x.clone().requires_grad_(True)
+    for _ in range(40):  # iterative signed-gradient attack, L_inf budget 0.4 on the [-1, 1] scale
+        loss = torch.nn.functional.cross_entropy(clf(adv), target)
+        (g,) = torch.autograd.grad(loss, adv)
+        with torch.no_grad():
+            adv -= 0.04 * g.sign()
+            adv.copy_((x + (adv - x).clamp(-0.4, 0.4)).clamp(-1, 1))
+    adv = adv.detach()
+    assert class_accuracy(adv, target, classifier=clf) > 0.6  # the CNN is fooled (measured 0.78)
+    assert judge_accuracy(adv, target) < 0.15  # the judge is not (0.06) ...
+    assert judge_accuracy(adv, y) > 0.75  # ... and still reads the true digit (0.83)
+
+
+def test_judge_rejects_bad_input():
+    from diffusekit.metrics import judge_accuracy
+
+    with pytest.raises(ValueError, match="shape"):
+        judge_accuracy(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        judge_accuracy(torch.zeros(4, 1, 8, 8), torch.zeros(3, dtype=torch.long))
+
+
+def test_gradient_kurtosis_separates_natural_patches_from_gaussian_noise():
+    from diffusekit.data import load_dataset
+    from diffusekit.metrics import gradient_excess_kurtosis
+
+    patches = load_dataset("patches", "test", n=200).x
+    gauss = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert gradient_excess_kurtosis(patches) > 3.0
+    assert abs(gradient_excess_kurtosis(gauss)) < 0.2
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        gradient_excess_kurtosis(torch.zeros(3, 16))

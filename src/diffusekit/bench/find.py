@@ -5,8 +5,9 @@ equal modes. Digits (``digits_unet`` with the null class, DDIM-8): reward = the 
 probability of a rare target class. For full FIND (value baseline, ratio clamp against N(0, I), L2
 regulariser) and the ablations "no baseline" and "no clipping", we record the mean rollout reward per
 iteration and the final hit rate on fresh draws against the N(0, I) baseline; for digits also the sample
-diversity (mean pairwise L2 distance), the target-class accuracy and digits-FD to the test images of the
-target class, each with equal sample counts.
+diversity (mean pairwise L2 distance), the target-class accuracy by the rewarding classifier and by the
+independent SVM judge (:mod:`diffusekit.metrics.judge`; the first is optimistic, the reward is optimised
+against it) and digits-FD to the test images of the target class, each with equal sample counts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ..data import load_dataset
 from ..methods.find import FINDConfig, class_prob_reward, ddim_decoder, evaluate_policy, mode_hit_reward, train_find
-from ..metrics import digits_fd
+from ..metrics import digits_fd, judge_accuracy
 from . import register_bench
 
 VARIANTS = {"find": {}, "no_baseline": {"baseline": "none"}, "no_clip": {"clip": "none"}}
@@ -74,7 +75,8 @@ def _run(quick: bool):
         x = x.clamp(-1, 1)
         with torch.no_grad():
             acc = float((clf(x).argmax(-1) == DIGITS_TARGET).float().mean())
-        extra[name] = {"diversity": _pairwise_diversity(x), "target_accuracy": acc,
+        judged = judge_accuracy(x, torch.full((len(x),), DIGITS_TARGET))
+        extra[name] = {"diversity": _pairwise_diversity(x), "target_accuracy": acc, "judge_target_accuracy": judged,
                        "digits_fd_to_target_class": digits_fd(x, ref, classifier=clf)}
     for name in dig_rows:
         dig_rows[name].update(extra[name])
@@ -109,7 +111,8 @@ def _run(quick: bool):
                f"{ring_rows['no_clip']['final_reward']:.3f}; KL {ring_rows['find']['kl_to_prior']:.2f} vs "
                f"{ring_rows['no_clip']['kl_to_prior']:.2f} nats); digits p({DIGITS_TARGET}) {dig_base:.3f} -> FIND "
                f"{f['final_reward']:.3f} (no baseline {dig_rows['no_baseline']['final_reward']:.3f}, no clip "
-               f"{dig_rows['no_clip']['final_reward']:.3f}); diversity {extra['n01']['diversity']:.2f} -> "
+               f"{dig_rows['no_clip']['final_reward']:.3f}); judge accuracy {extra['n01']['judge_target_accuracy']:.3f}"
+               f" -> {f['judge_target_accuracy']:.3f}; diversity {extra['n01']['diversity']:.2f} -> "
                f"{f['diversity']:.2f}, FD to class {DIGITS_TARGET} {extra['n01']['digits_fd_to_target_class']:.2f} "
                f"-> {f['digits_fd_to_target_class']:.2f}")
     result = {

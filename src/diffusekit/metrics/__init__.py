@@ -9,7 +9,8 @@ from .distances import (
     mode_coverage,
     sliced_wasserstein,
 )
-from .image import psnr, ssim
+from .judge import digits_judge, judge_accuracy, judge_predict
+from .image import gradient_excess_kurtosis, psnr, ssim
 
 __all__ = [
     "sliced_wasserstein",
@@ -20,9 +21,13 @@ __all__ = [
     "gaussian_frechet_distance",
     "psnr",
     "ssim",
+    "gradient_excess_kurtosis",
     "DigitsClassifier",
     "train_digits_classifier",
     "digits_features",
     "digits_fd",
     "class_accuracy",
+    "digits_judge",
+    "judge_accuracy",
+    "judge_predict",
 ]
