@@ -54,7 +54,7 @@ from ..core.grids import grid_logsnr
 from ..data import aniso8d_mixture, load_dataset, ring8_mixture
 from ..metrics import digits_fd, sliced_wasserstein
 from ..samplers import SAMPLERS, sample, sample_dpm_solver_adaptive, sample_dpm_solver_multistep
-from ..samplers.dpm_solver import grid_diffusers_dpm
+from ..core.grids import grid_diffusers_dpm
 from . import register_bench
 
 FULL_NFES = (3, 4, 5, 6, 8, 10, 15, 20, 50)

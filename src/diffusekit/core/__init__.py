@@ -2,8 +2,8 @@
 
 from .denoiser import CFGDenoiser, CountingDenoiser, Denoiser, FunctionDenoiser, NetworkDenoiser
 from .gmm import GaussianMixture, GMMDenoiser
-from .grids import (GRID_NAMES, check_grid, diffusers_timesteps, grid_diffusers, grid_karras, grid_logsnr,
-                    grid_quadratic, grid_uniform, make_grid)
+from .grids import (GRID_NAMES, check_grid, diffusers_dpm_timesteps, diffusers_timesteps, grid_diffusers,
+                    grid_diffusers_dpm, grid_karras, grid_logsnr, grid_quadratic, grid_uniform, make_grid)
 from .noise import generators_from_seeds, prior_sample, randn, randn_like
 from .predictions import (PREDICTION_TYPES, convert, eps_from_x0, prediction_from_x0_eps, x0_from_prediction,
                           x0_loss_weight)
@@ -12,7 +12,8 @@ from .schedules import (FlowSchedule, Schedule, VESchedule, VPDiscrete, VPLinear
 
 __all__ = [
     "CFGDenoiser", "CountingDenoiser", "Denoiser", "FunctionDenoiser", "NetworkDenoiser", "GaussianMixture",
-    "GMMDenoiser", "GRID_NAMES", "check_grid", "diffusers_timesteps", "grid_diffusers", "grid_karras", "grid_logsnr",
+    "GMMDenoiser", "GRID_NAMES", "check_grid", "diffusers_dpm_timesteps", "diffusers_timesteps", "grid_diffusers",
+    "grid_diffusers_dpm", "grid_karras", "grid_logsnr",
     "grid_quadratic", "grid_uniform", "make_grid", "generators_from_seeds", "prior_sample", "randn", "randn_like",
     "PREDICTION_TYPES", "convert", "eps_from_x0", "prediction_from_x0_eps", "x0_from_prediction", "x0_loss_weight",
     "FlowSchedule", "Schedule", "VESchedule", "VPDiscrete", "VPLinear", "betas_for", "rescale_zero_terminal_snr",

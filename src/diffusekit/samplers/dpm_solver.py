@@ -44,9 +44,9 @@ from collections.abc import Sequence
 import torch
 
 from ..core.denoiser import Denoiser
-from ..core.grids import check_grid
+from ..core.grids import check_grid, diffusers_dpm_timesteps, grid_diffusers_dpm
 from ..core.noise import GeneratorArg, randn_like
-from ..core.schedules import Schedule, VPDiscrete
+from ..core.schedules import Schedule
 from .registry import register_sampler
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
@@ -594,56 +594,6 @@ def sample_dpm_solver_adaptive(denoiser: Denoiser, x: torch.Tensor, ts, *, order
 # ------------------------------------------------------------------------------------------------
 # diffusers conventions, as explicit helpers
 # ------------------------------------------------------------------------------------------------
-def diffusers_dpm_timesteps(num_train_timesteps: int, steps: int, spacing: str = "linspace", *,
-                            steps_offset: int = 0, clipped_idx: int = 0) -> torch.Tensor:
-    """Integer timesteps (descending) as diffusers' DPMSolverMultistep/-Singlestep and UniPCMultistep
-    schedulers pick them in ``set_timesteps`` (they differ from DDIM/DDPM's, see ``core.grids``):
-
-        linspace: round(linspace(0, N - 1 - clipped_idx, n + 1)) reversed, last (0) dropped
-        leading:  i * ((N - clipped_idx) // (n + 1)) for i = n..1, plus steps_offset
-        trailing: round(arange(N - clipped_idx, 0, -N/n)) - 1
-
-    ``clipped_idx`` is the number of final train steps removed by diffusers' ``lambda_min_clipped``
-    (see ``grid_diffusers_dpm``). For N = 1000, n = 10, linspace gives 999, 899, ..., 100 (never 0).
-    """
-    n_train, n = int(num_train_timesteps), int(steps)
-    if not 1 <= n < n_train:
-        raise ValueError(f"steps must be in [1, {n_train - 1}]; got {steps}")
-    last = n_train - int(clipped_idx)
-    if spacing == "linspace":
-        ts = torch.linspace(0, last - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
-    elif spacing == "leading":
-        ratio = last // (n + 1)
-        ts = (torch.arange(n + 1, dtype=torch.float64) * ratio).round().flip(0)[:-1] + steps_offset
-    elif spacing == "trailing":
-        ratio = n_train / n
-        ts = torch.round(torch.arange(last, 0, -ratio, dtype=torch.float64)) - 1
-    else:
-        raise ValueError(f"unknown spacing {spacing!r}; allowed: linspace, leading, trailing")
-    return ts.to(torch.int64)
-
-
-def grid_diffusers_dpm(schedule: VPDiscrete, steps: int, *, spacing: str = "linspace", final: str = "zero",
-                       steps_offset: int = 0, lambda_min_clipped: float = -math.inf) -> torch.Tensor:
-    """diffusers' DPM-Solver/UniPC grid as schedule times t = (n + 1)/N plus the final point.
-
-    ``final="zero"`` (diffusers' final_sigmas_type="zero", its default) ends at t = 0; ``"sigma_min"``
-    ends at the first train step t = 1/N. ``lambda_min_clipped`` drops the train steps whose lam is below
-    it before spacing (diffusers: "critical for cosine"); it only moves the grid's start.
-    """
-    if not isinstance(schedule, VPDiscrete):
-        raise ValueError("diffusers spacings need a discrete schedule (VPDiscrete)")
-    if final not in ("zero", "sigma_min"):
-        raise ValueError(f"unknown final {final!r}; allowed: zero, sigma_min")
-    n_train = schedule.num_train_timesteps
-    lam_train = schedule.lam(schedule.t_of_timestep(torch.arange(n_train)))
-    clipped_idx = int(torch.searchsorted(lam_train.flip(0), torch.tensor([float(lambda_min_clipped)],
-                                                                         dtype=torch.float64)))
-    steps_int = diffusers_dpm_timesteps(n_train, steps, spacing, steps_offset=steps_offset, clipped_idx=clipped_idx)
-    end = 0.0 if final == "zero" else 1.0 / n_train
-    return torch.cat([schedule.t_of_timestep(steps_int), torch.tensor([end], dtype=torch.float64)])
-
-
 def diffusers_multistep_orders(steps: int, solver_order: int, *, lower_order_final: bool = True,
                                euler_at_final: bool = False, final_sigmas_type: str = "zero") -> list[int]:
     """The per-step orders diffusers' DPMSolverMultistepScheduler uses (before warm-up), for ``orders=``.
