@@ -155,7 +155,8 @@ def test_unknown_dataset_message():
         (dict(name="moons", split="val"), r"unknown split 'val' for dataset 'moons'; allowed: train, test"),
         (dict(name="moons", bogus=1), r"unknown option 'bogus' for dataset 'moons'; allowed: noise"),
         (dict(name="checkerboard", noise=0.1), r"unknown option 'noise'.*takes no options"),
-        (dict(name="patches", window=3), r"unknown option 'window' for dataset 'patches'; allowed: size, grey"),
+        (dict(name="patches", window=3),
+         r"unknown option 'window' for dataset 'patches'; allowed: size, grey, min_std"),
         (dict(name="moons", n=0), r"n must be an int >= 1; got 0"),
         (dict(name="moons", n=2.5), r"n must be an int >= 1"),
         (dict(name="moons", seed=-1), r"seed must be an int >= 0"),
@@ -368,3 +369,24 @@ def test_co2_missing_weeks_interpolated():
     i = missing[0]  # an isolated gap (neighbours observed) is the midpoint of its neighbours
     assert not np.isnan(orig[i - 1]) and not np.isnan(orig[i + 1])
     assert filled[i] == pytest.approx(0.5 * (orig[i - 1] + orig[i + 1]), abs=0.01)
+
+
+def test_patch_min_std_keeps_only_textured_crops_and_is_deterministic():
+    from diffusekit.data.patches import _load_image
+
+    d = load_dataset("patches", "test", n=200, seed=3, min_std=0.1)
+    assert d.x.shape == (200, 1, 16, 16) and d.info["min_std"] == 0.1
+    assert float(d.x.flatten(1).std(1).min()) >= 0.1
+    assert torch.equal(d.x, load_dataset("patches", "test", n=200, seed=3, min_std=0.1).x)
+    # the recorded source and corner still point at the crop
+    for i in (0, 1, 199):
+        img = _load_image(d.info["images"][int(d.info["source"][i])], True)[0]
+        r, c = d.info["corner"][i].tolist()
+        assert np.allclose(d.x[i, 0].numpy(), img[r:r + 16, c:c + 16] * 2 - 1, atol=1e-6)
+    # min_std = 0 is the plain loader
+    assert torch.equal(load_dataset("patches", "test", n=50, seed=3).x,
+                       load_dataset("patches", "test", n=50, seed=3, min_std=0.0).x)
+    with pytest.raises(ValueError, match=r"min_std must be a number in \[0, 1\)"):
+        load_dataset("patches", "test", n=5, min_std=1.5)
+    with pytest.raises(ValueError, match="min_std=0.99 is too high"):
+        load_dataset("patches", "test", n=5, min_std=0.99)

@@ -96,7 +96,8 @@ _REGISTRY: dict[str, _Entry] = {
     "swissroll": _Entry(load_swissroll, TOY_DEFAULT_N, {"noise": 0.05}, "2-D swiss-roll spiral"),
     "digits": _Entry(load_digits, _ALL, {}, "scikit-learn 8x8 digits in [-1, 1], (N, 1, 8, 8)"),
     "patches": _Entry(
-        load_patches, PATCHES_DEFAULT_N, {"size": 16, "grey": True}, "natural-image crops from skimage.data"
+        load_patches, PATCHES_DEFAULT_N, {"size": 16, "grey": True, "min_std": 0.0},
+        "natural-image crops from skimage.data"
     ),
     "co2": _Entry(
         load_co2, _ALL, {"window": SERIES_DEFAULT_WINDOW["co2"], "stride": 1}, "weekly Mauna Loa CO2 windows"

@@ -28,7 +28,10 @@ from the split's list, then a top-left corner uniformly among all positions wher
 
 * ``x``: float32, shape ``(n, C, size, size)`` with C = 1 (grey) or 3 (colour), values in [-1, 1].
 * ``y``: None.
-* options: ``size`` (patch side, int in [2, 128], default 16), ``grey`` (default True).
+* options: ``size`` (patch side, int in [2, 128], default 16), ``grey`` (default True), ``min_std``
+  (default 0: every crop; > 0: keep only crops whose pixel standard deviation on the [-1, 1] scale is at least
+  ``min_std``, by rejection in draw order; e.g. 0.1 keeps the textured half of the test crops, since flat
+  backgrounds make every restoration method look alike).
 * n: default 5,000 (train) and 1,000 (test).
 * info: ``images`` (names of the split's source images, in order), ``source`` (int64 (n,), index
   into ``images`` of each patch), ``corner`` (int64 (n, 2), row and column of each crop),
@@ -89,18 +92,11 @@ def _load_image(name: str, grey: bool) -> np.ndarray:
     return out
 
 
-def load_patches(split: str, n: int, seed: int, size: int = 16, grey: bool = True) -> DatasetSplit:
-    """Registry loader for ``patches`` (see the module docstring)."""
-    size = check_int("patches option size", size, 2, MAX_PATCH_SIZE)
-    grey = check_bool("patches option grey", grey)
-    names = patch_image_names(split, grey)
-    images = [_load_image(name, grey) for name in names]
-    channels = images[0].shape[0]
-
-    rng = numpy_generator(seed, "patches", split)
+def _crop(images, rng, n: int, size: int):
+    """n random crops: (source (n,), corner (n, 2), patches (n, C, size, size) float32 in [0, 1])."""
     source = rng.integers(0, len(images), size=n)
     corner = np.empty((n, 2), dtype=np.int64)
-    out = np.empty((n, channels, size, size), dtype=np.float32)
+    out = np.empty((n, images[0].shape[0], size, size), dtype=np.float32)
     for k, img in enumerate(images):
         where = np.flatnonzero(source == k)
         if where.size == 0:
@@ -111,6 +107,39 @@ def load_patches(split: str, n: int, seed: int, size: int = 16, grey: bool = Tru
         windows = np.lib.stride_tricks.sliding_window_view(img, (size, size), axis=(1, 2))  # (C, h', w', s, s)
         out[where] = np.moveaxis(windows[:, rows, cols], 0, 1)
         corner[where, 0], corner[where, 1] = rows, cols
+    return source, corner, out
+
+
+MAX_REJECTION_ROUNDS = 50
+
+
+def load_patches(split: str, n: int, seed: int, size: int = 16, grey: bool = True,
+                 min_std: float = 0.0) -> DatasetSplit:
+    """Registry loader for ``patches`` (see the module docstring)."""
+    size = check_int("patches option size", size, 2, MAX_PATCH_SIZE)
+    grey = check_bool("patches option grey", grey)
+    if isinstance(min_std, bool) or not isinstance(min_std, (int, float)) or not 0.0 <= min_std < 1.0:
+        raise ValueError(f"patches option min_std must be a number in [0, 1), got {min_std!r}")
+    names = patch_image_names(split, grey)
+    images = [_load_image(name, grey) for name in names]
+    channels = images[0].shape[0]
+
+    rng = numpy_generator(seed, "patches", split)
+    if min_std == 0.0:
+        source, corner, out = _crop(images, rng, n, size)
+    else:  # rejection sampling: keep crops whose pixel std on the [-1, 1] scale is >= min_std, in draw order
+        kept, have = [], 0
+        for _ in range(MAX_REJECTION_ROUNDS):
+            src, cor, pat = _crop(images, rng, 2 * (n - have) + 64, size)
+            keep = (2.0 * pat.reshape(len(pat), -1)).std(axis=1) >= min_std
+            kept.append((src[keep], cor[keep], pat[keep]))
+            have += int(keep.sum())
+            if have >= n:
+                break
+        else:
+            raise ValueError(f"patches option min_std={min_std} is too high: only {have} of {n} crops of the "
+                             f"{split} images reached it in {MAX_REJECTION_ROUNDS} rounds; lower min_std")
+        source, corner, out = (np.concatenate(parts)[:n] for parts in zip(*kept))
 
     x = torch.from_numpy(out * 2.0 - 1.0).clamp_(-1.0, 1.0)
     info = {
@@ -122,5 +151,6 @@ def load_patches(split: str, n: int, seed: int, size: int = 16, grey: bool = Tru
         "channels": channels,
         "size": size,
         "grey": grey,
+        "min_std": float(min_std),
     }
     return DatasetSplit("patches", x, None, info)
