@@ -96,14 +96,18 @@ def diffusers_timesteps(num_train_timesteps: int, steps: int, spacing: str, *, s
     n_train, steps = int(num_train_timesteps), int(steps)
     if not 1 <= steps <= n_train:
         raise ValueError(f"steps must be in [1, {n_train}]; got {steps}")
+    return _spaced_timesteps(n_train, steps, spacing, steps_offset, trailing_ratio=n_train / steps)
+
+
+def _spaced_timesteps(end: int, count: int, spacing: str, steps_offset: int, *, trailing_ratio: float) -> torch.Tensor:
+    """``count`` descending integer timesteps below ``end`` in one of diffusers' three spacings (trailing uses
+    its own stride ``trailing_ratio``, so its count is implied)."""
     if spacing == "linspace":
-        ts = torch.linspace(0, n_train - 1, steps, dtype=torch.float64).round().flip(0)
+        ts = torch.linspace(0, end - 1, count, dtype=torch.float64).round().flip(0)
     elif spacing == "leading":
-        ratio = n_train // steps
-        ts = (torch.arange(steps, dtype=torch.float64) * ratio).round().flip(0) + steps_offset
+        ts = (torch.arange(count, dtype=torch.float64) * (end // count)).round().flip(0) + steps_offset
     elif spacing == "trailing":
-        ratio = n_train / steps
-        ts = torch.round(torch.arange(n_train, 0, -ratio, dtype=torch.float64)) - 1
+        ts = torch.round(torch.arange(end, 0, -trailing_ratio, dtype=torch.float64)) - 1
     else:
         raise ValueError(f"unknown spacing {spacing!r}; allowed: linspace, leading, trailing")
     return ts.to(torch.int64)
@@ -142,17 +146,9 @@ def diffusers_dpm_timesteps(num_train_timesteps: int, steps: int, spacing: str =
     if not 1 <= n < n_train:
         raise ValueError(f"steps must be in [1, {n_train - 1}]; got {steps}")
     last = n_train - int(clipped_idx)
-    if spacing == "linspace":
-        ts = torch.linspace(0, last - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
-    elif spacing == "leading":
-        ratio = last // (n + 1)
-        ts = (torch.arange(n + 1, dtype=torch.float64) * ratio).round().flip(0)[:-1] + steps_offset
-    elif spacing == "trailing":
-        ratio = n_train / n
-        ts = torch.round(torch.arange(last, 0, -ratio, dtype=torch.float64)) - 1
-    else:
-        raise ValueError(f"unknown spacing {spacing!r}; allowed: linspace, leading, trailing")
-    return ts.to(torch.int64)
+    if spacing == "trailing":
+        return _spaced_timesteps(last, n, spacing, steps_offset, trailing_ratio=n_train / n)
+    return _spaced_timesteps(last, n + 1, spacing, steps_offset, trailing_ratio=n_train / n)[:-1]  # drop the 0
 
 
 def grid_diffusers_dpm(schedule: VPDiscrete, steps: int, *, spacing: str = "linspace", final: str = "zero",
