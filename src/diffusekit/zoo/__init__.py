@@ -8,7 +8,9 @@ sha256 of the weights file, which ``load`` verifies.
 Assets:
 * ``digits_classifier``: CNN feature extractor / classifier on the digits train split.
 * ``digits_unet``: class-conditional UNet on digits (eps prediction, discrete linear VP schedule).
-* ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (eps prediction, continuous VP).
+* ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (v prediction, continuous VP).
+* ``patches_unet``: unconditional UNet on 16 x 16 grey natural-image patches (eps prediction, discrete
+  linear VP schedule); the natural-image prior of the inverse-problem, ResShift and OBC benches.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8")
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet")
 
 
 class ZooError(ValueError):

@@ -14,13 +14,17 @@ from ..metrics.digits import train_digits_classifier
 from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
-from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, RING_LOSS, RING_NET, RING_SCHEDULE, evaluate_digits,
+from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, PATCHES_LOSS, PATCHES_NET, PATCHES_SCHEDULE,
+                      PATCHES_TRAIN_N, RING_LOSS, RING_NET, RING_SCHEDULE, evaluate_digits, evaluate_patches,
                       train_model)
 
 # Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
 BUDGETS = {
-    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 12_000},
-    "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4},
+    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 12_000, "patches_steps": 6_000,
+             "patches_eval_n": 256, "patches_samples": 1_000, "patches_train_n": PATCHES_TRAIN_N,
+             "patches_likelihood_steps": 50},
+    "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4, "patches_steps": 4,
+              "patches_eval_n": 4, "patches_samples": 8, "patches_train_n": 256, "patches_likelihood_steps": 2},
 }
 
 
@@ -75,8 +79,24 @@ def build_toy_ring8(budget: dict, assets_dir: Path, progress: bool) -> dict:
     return write_asset("toy_ring8", trainer.ema_model.state_dict(), meta, assets_dir)
 
 
+def build_patches_unet(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    train = load_dataset("patches", "train", n=budget["patches_train_n"])
+    config = TrainConfig(steps=budget["patches_steps"], batch_size=64, lr=1e-3, warmup_steps=200, ema_decay=0.999,
+                         log_every=100, progress=progress)
+    trainer, loss, history = train_model(PATCHES_NET, PATCHES_SCHEDULE, PATCHES_LOSS, (train.x,), config)
+    denoiser = loss.denoiser(trainer.ema_model.eval())
+    metrics = evaluate_patches(denoiser, train.x, n_eval=budget["patches_eval_n"],
+                               n_samples=budget["patches_samples"],
+                               likelihood_steps=budget["patches_likelihood_steps"])
+    meta = {"kind": "denoiser", "net": PATCHES_NET, "schedule": PATCHES_SCHEDULE, "loss": PATCHES_LOSS,
+            "data": {"name": "patches", "split": "train", "n": budget["patches_train_n"], "size": 16, "grey": True},
+            "training": config.to_dict(), "training_seconds": history["seconds"],
+            "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])), "metrics": metrics}
+    return write_asset("patches_unet", trainer.ema_model.state_dict(), meta, assets_dir)
+
+
 BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_digits_unet,
-            "toy_ring8": build_toy_ring8}
+            "toy_ring8": build_toy_ring8, "patches_unet": build_patches_unet}
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:
