@@ -1,14 +1,16 @@
-"""Optimal boundary conditions (Ma et al., ICLR 2024; Monte-Carlo variant) for a conditional DDPM SR model on
-8 x 8 digits, x2 SR, deterministic DDIM (eta = 0) with 10 and 50 uniform steps.
+"""Optimal boundary conditions (Ma et al., ICLR 2024; Monte-Carlo variant) for a conditional DDPM SR model,
+x2 SR on 8 x 8 digits and on 16 x 16 natural-image patches, deterministic DDIM (eta = 0) with 10 and 50 uniform
+steps.
 
 The conditional DDPM SR baseline of ``bench resshift`` (small UNet, eps prediction, linear VP 1000, upsampled LR
-concatenated) is trained on the digits train split (wall-clock budget). K candidates x_T ~ N(0, I) (fixed seed)
-are scored by mean PSNR on a reference set of the first N_ref train pairs; the best one is selected, separately
-for each step count. On the first N_test test images we compare: random x_T (mean over the K candidates, each
-used as a shared x_T, = mean over random draws), x_T = 0, the selected OBC x_T, and a per-image oracle (best of
-the K candidates per test image by PSNR; an upper bound for any shared x_T chosen from those K). PSNR / SSIM
-(data_range 2) are means over the test images; seconds is DDIM wall time for the test images with one x_T
-(oracle: all K); select_seconds is the reference-set search.
+concatenated) is trained for a fixed number of steps on the digits train split or on 20,000 crops of the patches
+train images; patch test images are textured crops (pixel std >= 0.1) of the held-out test images. K candidates
+x_T ~ N(0, I) (fixed seed) are scored by mean PSNR on a reference set of the first N_ref train pairs; the best one
+is selected, separately for each step count. On the first N_test test images we compare: random x_T (mean over the
+K candidates, each used as a shared x_T, = mean over random draws), x_T = 0, the selected OBC x_T, and a per-image
+oracle (best of the K candidates per test image by PSNR; an upper bound for any shared x_T chosen from those K).
+PSNR / SSIM (data_range 2) are means over the test images; seconds is DDIM wall time for the test images with one
+x_T (oracle: all K); select_seconds is the reference-set search.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from ..plotting import grouped_psnr_bars
 from . import register_bench
 
 METHODS = ("random", "zero", "obc", "oracle")
+DATASETS = ("digits", "patches")
+STEPS = (10, 50)
+TRAIN_STEPS = {"digits": 800, "patches": 600}
+TEXTURED = 0.1  # patch test crops with pixel std >= 0.1, as in ``bench resshift``
 
 
 @torch.no_grad()
@@ -44,28 +50,27 @@ def _all_candidates(den, cands, hr, lr, steps, chunk):
     return torch.cat(ps).double(), torch.cat(ss).double()
 
 
-def _run(quick: bool):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _data(name: str, quick: bool, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train HR, test HR) images of one dataset (as in ``bench resshift``)."""
     from ..data import load_dataset
-    from ..plotting import image_grid
 
-    budget, k_cand, n_ref, n_test = (6.0, 8, 8, 24) if quick else (50.0, 32, 32, 96)
-    steps_list = (10, 50)
-    n_show = 6
-    x_train = load_dataset("digits", "train").x
-    x_test = load_dataset("digits", "test").x[:n_test]
+    if name == "digits":
+        return load_dataset("digits", "train").x, load_dataset("digits", "test").x[:n_test]
+    return (load_dataset("patches", "train", n=1_000 if quick else 20_000, seed=0).x,
+            load_dataset("patches", "test", n=n_test, seed=0, min_std=TEXTURED).x)
+
+
+def _run_dataset(name: str, quick: bool, n_show: int):
+    train_steps, k_cand, n_ref, n_test = (20, 8, 8, 24) if quick else (TRAIN_STEPS[name], 32, 32, 96)
+    x_train, x_test = _data(name, quick, n_test)
     x, y = sr_pairs(x_train, 2)
     _, yt = sr_pairs(x_test, 2)
-    den, info = train_ddpm_sr(VPDiscrete.named("linear", 1000), x, y, max_seconds=budget, seed=0)
+    den, info = train_ddpm_sr(VPDiscrete.named("linear", 1000), x, y, steps=train_steps, max_seconds=None, seed=0)
     cands = torch.randn(k_cand, *x.shape[1:], generator=torch.Generator().manual_seed(1234))
     ref_hr, ref_lr = x[:n_ref], y[:n_ref]
 
     table, selection, rows = {}, {}, {"truth": x_test[:n_show], "lr_up": yt[:n_show]}
-    for steps in steps_list:
+    for steps in STEPS:
         t0 = time.perf_counter()
         best, scores = select_boundary_condition(den, cands, ref_hr, ref_lr, ts=steps)
         sel_s = time.perf_counter() - t0
@@ -96,31 +101,49 @@ def _run(quick: bool):
                                       "ref_psnr_mean": float(scores.mean()), "ref_psnr_min": float(scores.min()),
                                       "ref_test_corr": float(torch.corrcoef(torch.stack([scores, per_cand]))[0, 1]),
                                       "select_seconds": sel_s}
-        if steps == steps_list[0]:
+        if steps == STEPS[0]:
             rows[f"random@{steps}"] = sr_with_boundary(den, cands[0], yt[:n_show], steps)
             rows[f"zero@{steps}"] = out_zero[:n_show]
             rows[f"obc@{steps}"] = out_obc[:n_show]
+    result = {"num_test_images": n_test, "num_candidates": k_cand, "num_reference": n_ref,
+              "train_steps": train_steps, "train": info, "selection": selection, "table": table}
+    return result, rows, x_test.shape[-1]
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    ax = axes[0]
-    ax.imshow(image_grid(torch.cat(list(rows.values())), n_show), cmap="gray", vmin=0, vmax=255)
-    ax.set_yticks([(i + 0.5) * 9 for i in range(len(rows))], list(rows))
-    ax.set_xticks([])
-    ax.set_title("digits SR x2 (test)", fontsize=9)
-    ax = axes[1]
-    keys = list(table)
-    grouped_psnr_bars(ax, table, keys, METHODS)
-    ax.set_xticks(range(len(keys)), keys)
-    lo = min(table[k][m]["psnr"] for k in keys for m in METHODS)
-    ax.set_ylim(lo - 1.0, None)
-    ax.set_title(f"K={k_cand} candidates, |R|={n_ref}, {n_test} test images", fontsize=9)
+
+def _run(quick: bool):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..plotting import image_grid
+
+    n_show = 6
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10))
+    results, summaries = {}, []
+    for d, name in enumerate(DATASETS):
+        results[name], rows, side = _run_dataset(name, quick, n_show)
+        table = results[name]["table"]
+        ax = axes[d, 0]
+        ax.imshow(image_grid(torch.cat(list(rows.values())), n_show), cmap="gray", vmin=0, vmax=255)
+        ax.set_yticks([(i + 0.5) * (side + 1) for i in range(len(rows))], list(rows))
+        ax.set_xticks([])
+        ax.set_title(f"{name} SR x2 (test)", fontsize=9)
+        ax = axes[d, 1]
+        keys = list(table)
+        grouped_psnr_bars(ax, table, keys, METHODS)
+        ax.set_xticks(range(len(keys)), keys)
+        lo = min(table[k][m]["psnr"] for k in keys for m in METHODS)
+        ax.set_ylim(lo - 1.0, None)
+        ax.set_title(f"{name}: K={results[name]['num_candidates']} candidates, |R|={results[name]['num_reference']}, "
+                     f"{results[name]['num_test_images']} test images", fontsize=9)
+        summaries.append(f"{name} PSNR/SSIM " + "; ".join(
+            f"{k}: " + ", ".join(f"{m} {table[k][m]['psnr']:.2f}/{table[k][m]['ssim']:.3f}" for m in METHODS)
+            for k in keys))
     fig.tight_layout()
-    summary = "PSNR/SSIM " + "; ".join(
-        f"{k}: " + ", ".join(f"{m} {table[k][m]['psnr']:.2f}/{table[k][m]['ssim']:.3f}" for m in METHODS)
-        for k in keys)
-    return {"num_test_images": n_test, "num_candidates": k_cand, "num_reference": n_ref, "train_budget_s": budget,
-            "train": info, "model": "conditional DDPM, eps, linear VP 1000, DDIM eta=0, uniform grid",
-            "selection": selection, "table": table, "summary": summary}, fig
+    return {"model": "conditional DDPM, eps, linear VP 1000, DDIM eta=0, uniform grid", "datasets": results,
+            "summary": " | ".join(summaries)}, fig
 
 
-register_bench("obc", "Optimal boundary condition (shared x_T, Monte-Carlo) for DDIM SR on digits x2")(_run)
+register_bench("obc", "Optimal boundary condition (shared x_T, Monte-Carlo) for DDIM SR x2 on digits and "
+                      "natural patches")(_run)
