@@ -1,14 +1,21 @@
-"""Linear inverse problems on digits with the shipped digits UNet: pseudo-inverse vs DPS, DDRM, RED-Diff.
+"""Linear inverse problems with two priors: pseudo-inverse vs DPS, DDRM, RED-Diff.
 
-Tasks (8 x 8 digits test images in [-1, 1], y = A x + sigma_y n with sigma_y = 0.05 on the data scale):
-``inpaint_box`` (central 4 x 4 box missing), ``inpaint_random`` (50% of pixels missing, one fixed mask),
-``sr2`` / ``sr4`` (block averaging), ``deblur`` (separable Gaussian blur, sigma 1 pixel, truncated SVD
-at rcond 0.05). The prior is the unconditional model (null class label). Each method gets one sample per
-image from fixed seeds; reported PSNR / SSIM (data_range 2, outputs clipped to [-1, 1]) are means over
-the images, NFE counts forward network passes (DPS adds one backward pass per step), seconds is the wall
-time for the whole batch. Hyperparameters are fixed per task family (DPS's zeta as the paper sets it per
-task); they were picked from a handful of settings on the first 16 test images (a subset of the bench
-images), so they are lightly tuned, not swept.
+Priors: the shipped digits UNet with the null class (8 x 8 digits test images) and the shipped natural-image
+patch UNet (``patches_unet``, 16 x 16 grey crops of the held-out test images of the ``patches`` dataset, which
+the model never saw; textured crops only, pixel std >= 0.1 on the [-1, 1] scale, about half of all crops). Both
+in [-1, 1], y = A x + sigma_y n with sigma_y = 0.05 on the data scale.
+
+Tasks: ``inpaint_box`` (central half-size box missing), ``inpaint_random`` (50% of pixels missing, one fixed
+mask), ``sr2`` / ``sr4`` (block averaging), ``deblur`` (separable Gaussian blur, sigma 1 pixel, truncated SVD
+at rcond 0.05). Each method gets one sample per image from fixed seeds; reported PSNR / SSIM (data_range 2,
+outputs clipped to [-1, 1]) are means over the images, digits-FD (digits only) is against the digits test
+split, NFE counts forward network passes (DPS adds one backward pass per step), seconds is the wall time for
+the whole batch. Hyperparameters are fixed per task family and prior (DPS's zeta as the paper sets it per
+task); they were picked from a handful of settings on the first 16 images (a subset of the bench images), so
+they are lightly tuned, not swept.
+
+``DIR/inverse.json``: ``inverse`` maps task -> method -> {psnr, ssim, nfe, seconds, digits_fd} for digits;
+``inverse_patches`` has the same layout (without digits_fd) for the natural-image patches.
 """
 
 from __future__ import annotations
@@ -19,31 +26,78 @@ import torch
 
 from ..core import grid_uniform
 from ..methods.inverse import (SOLVERS, gaussian_blur, inpaint_box, inpaint_random, super_resolution)
-from ..metrics import psnr, ssim
+from ..metrics import digits_fd, psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
 
 SIGMA_Y = 0.05
-SHAPE = (1, 8, 8)
 TASKS = {
-    "inpaint_box": lambda: inpaint_box(SHAPE),
-    "inpaint_random": lambda: inpaint_random(SHAPE, 0.5, seed=0),
-    "sr2": lambda: super_resolution(SHAPE, 2),
-    "sr4": lambda: super_resolution(SHAPE, 4),
-    "deblur": lambda: gaussian_blur(SHAPE, 1.0),
+    "inpaint_box": lambda shape: inpaint_box(shape),
+    "inpaint_random": lambda shape: inpaint_random(shape, 0.5, seed=0),
+    "sr2": lambda shape: super_resolution(shape, 2),
+    "sr4": lambda shape: super_resolution(shape, 4),
+    "deblur": lambda shape: gaussian_blur(shape, 1.0),
 }
 METHODS = ("pinv", "dps", "ddrm", "reddiff")
 STEPS = {"pinv": 0, "dps": 50, "ddrm": 20, "reddiff": 50}
 
 
-def _options(method: str, task: str) -> dict:
+PRIORS = {"digits": "digits_unet", "patches": "patches_unet"}
+TEXTURED = 0.1  # patch test crops with pixel std >= 0.1 (about half; flat ones make every method look alike)
+
+
+def _options(method: str, task: str, prior: str) -> dict:
     if method == "dps":
         return {"zeta": 1.0 if task.startswith("inpaint") else 2.0}
     if method == "ddrm":
         return {"eta": 0.85, "eta_b": 1.0}
     if method == "reddiff":
-        return {"lam": 25.0, "lr": 0.25}
+        return {"lam": 25.0, "lr": 0.1 if prior == "patches" else 0.25}
     return {}
+
+
+def _load_images(prior: str, n: int):
+    from ..data import load_dataset
+
+    if prior == "digits":
+        return load_dataset("digits", "test").x[:n]
+    return load_dataset("patches", "test", n=n, seed=0, min_std=TEXTURED).x
+
+
+def _solve_tasks(prior: str, n: int, n_show: int):
+    """task -> method -> metrics, and the images to show, for one prior."""
+    from .. import zoo
+    from ..data import load_dataset
+
+    den = zoo.load(PRIORS[prior])
+    x = _load_images(prior, n)
+    shape = tuple(x.shape[1:])
+    cond = {"class_labels": torch.full((n,), den.null_class)} if den.num_classes is not None else {}
+    reference = load_dataset("digits", "test").x if prior == "digits" else None
+    clf = zoo.load("digits_classifier") if prior == "digits" else None
+    table, shown = {}, {}
+    for k, (task, make) in enumerate(TASKS.items()):
+        op = make(shape)
+        y = op.measure(x, SIGMA_Y, torch.Generator().manual_seed(100 + k))
+        rows = {"truth": x[:n_show], "y": (y if y.shape == x.shape else op.pinv(y))[:n_show]}
+        table[task] = {}
+        for method in METHODS:
+            ts = grid_uniform(den.schedule, max(STEPS[method], 1), t_end=0.0)
+            gens = [torch.Generator().manual_seed(1000 * k + i) for i in range(n)]
+            options = _options(method, task, prior)
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(method == "dps"):
+                out = SOLVERS[method](den, y, op, ts, sigma_y=SIGMA_Y, cond=cond, generator=gens, **options)
+            seconds = time.perf_counter() - t0
+            out = out.detach().clamp(-1, 1)
+            row = {"psnr": float(psnr(out, x).mean()), "ssim": float(ssim(out, x, data_range=2.0).mean()),
+                   "nfe": STEPS[method], "seconds": seconds, **options}
+            if reference is not None:
+                row["digits_fd"] = digits_fd(out, reference, classifier=clf)
+            table[task][method] = row
+            rows[method] = out[:n_show]
+        shown[task] = rows
+    return table, shown, x.shape[-1]
 
 
 def _run(quick: bool):
@@ -52,52 +106,35 @@ def _run(quick: bool):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import zoo
-    from ..data import load_dataset
     from ..plotting import image_grid
 
-    n = 8 if quick else 128
+    n = {"digits": 8 if quick else 128, "patches": 4 if quick else 64}
     n_show = 6
-    den = zoo.load("digits_unet")
-    x = load_dataset("digits", "test").x[:n]
-    cond = {"class_labels": torch.full((n,), den.null_class)}
-    table, shown = {}, {}
-    for k, (task, make) in enumerate(TASKS.items()):
-        op = make()
-        y = op.measure(x, SIGMA_Y, torch.Generator().manual_seed(100 + k))
-        rows = {"truth": x[:n_show], "y": (y if y.shape == x.shape else op.pinv(y))[:n_show]}
-        table[task] = {}
-        for method in METHODS:
-            ts = grid_uniform(den.schedule, max(STEPS[method], 1), t_end=0.0)
-            gens = [torch.Generator().manual_seed(1000 * k + i) for i in range(n)]
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(method == "dps"):
-                out = SOLVERS[method](den, y, op, ts, sigma_y=SIGMA_Y, cond=cond, generator=gens,
-                                      **_options(method, task))
-            seconds = time.perf_counter() - t0
-            out = out.detach().clamp(-1, 1)
-            table[task][method] = {"psnr": float(psnr(out, x).mean()),
-                                   "ssim": float(ssim(out, x, data_range=2.0).mean()),
-                                   "nfe": STEPS[method], "seconds": seconds, **_options(method, task)}
-            rows[method] = out[:n_show]
-        shown[task] = rows
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.5))
-    for ax, (task, rows) in zip(axes.flat, shown.items()):
-        ax.imshow(image_grid(torch.cat(list(rows.values())), n_show), cmap="gray", vmin=0, vmax=255)
-        ax.set_yticks([(i + 0.5) * 9 for i in range(len(rows))], list(rows))
-        ax.set_xticks([])
-        ax.set_title(f"{task} (sigma_y={SIGMA_Y})", fontsize=9)
-    ax = axes.flat[-1]
-    grouped_psnr_bars(ax, table, TASKS, METHODS, labels={m: f"{m} (NFE {STEPS[m]})" for m in METHODS})
-    ax.set_xticks(range(len(TASKS)), list(TASKS), fontsize=8, rotation=20)
-    ax.set_title(f"mean PSNR over {n} digits test images", fontsize=9)
+    fig, axes = plt.subplots(4, 3, figsize=(13, 17))
+    result = {"num_images": n, "sigma_y": SIGMA_Y, "steps": STEPS,
+              "priors": {"digits": "digits_unet, null class (unconditional), digits test split",
+                         "patches": "patches_unet (unconditional), 16 x 16 textured crops (std >= 0.1) of the "
+                                    "patches test images"}}
+    summaries = []
+    for p, prior in enumerate(PRIORS):
+        shown_per_row = min(n_show, n[prior])
+        table, shown, side = _solve_tasks(prior, n[prior], shown_per_row)
+        for ax, (task, rows) in zip(axes[2 * p:2 * p + 2].flat, shown.items()):
+            ax.imshow(image_grid(torch.cat(list(rows.values())), shown_per_row), cmap="gray", vmin=0, vmax=255)
+            ax.set_yticks([(i + 0.5) * (side + 1) for i in range(len(rows))], list(rows))
+            ax.set_xticks([])
+            ax.set_title(f"{prior}: {task} (sigma_y={SIGMA_Y})", fontsize=9)
+        ax = axes[2 * p + 1, -1]
+        grouped_psnr_bars(ax, table, TASKS, METHODS, labels={m: f"{m} (NFE {STEPS[m]})" for m in METHODS})
+        ax.set_xticks(range(len(TASKS)), list(TASKS), fontsize=8, rotation=20)
+        ax.set_title(f"{prior}: mean PSNR over {n[prior]} test images", fontsize=9)
+        result["inverse" if prior == "digits" else f"inverse_{prior}"] = table
+        summaries.append(f"{prior} PSNR dB pinv/DPS/DDRM/RED-Diff: " + "; ".join(
+            f"{t} " + "/".join(f"{table[t][m]['psnr']:.1f}" for m in METHODS) for t in TASKS))
     fig.tight_layout()
-    summary = "PSNR dB pinv/DPS/DDRM/RED-Diff: " + "; ".join(
-        f"{t} " + "/".join(f"{table[t][m]['psnr']:.1f}" for m in METHODS) for t in TASKS)
-    return {"num_images": n, "sigma_y": SIGMA_Y, "steps": STEPS, "prior": "digits_unet, null class (unconditional)",
-            "inverse": table, "summary": summary}, fig
+    result["summary"] = " | ".join(summaries)
+    return result, fig
 
 
-register_bench("inverse",
-               "pinv / DPS / DDRM / RED-Diff on digits inpainting, SR x2/x4 and deblurring (sigma_y 0.05)")(_run)
+register_bench("inverse", "pinv / DPS / DDRM / RED-Diff on digits and natural patches: inpainting, SR x2/x4, "
+                          "deblurring (sigma_y 0.05)")(_run)

@@ -39,9 +39,9 @@ def _data(name: str, quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
     if name == "digits":
         x_train, x_test = load_dataset("digits", "train").x, load_dataset("digits", "test").x
-        return x_train, x_test[:64] if quick else x_test
+        return x_train, x_test[:32] if quick else x_test
     return (load_dataset("patches", "train", n=1_000 if quick else 20_000, seed=0).x,
-            load_dataset("patches", "test", n=16 if quick else 256, seed=0, min_std=TEXTURED).x)
+            load_dataset("patches", "test", n=12 if quick else 256, seed=0, min_std=TEXTURED).x)
 
 
 def _run_dataset(name: str, quick: bool, train_steps: int, n_show: int):
@@ -86,7 +86,7 @@ def _run(quick: bool):
 
     from ..plotting import image_grid
 
-    train_steps = {name: 20 for name in DATASETS} if quick else TRAIN_STEPS
+    train_steps = {name: 8 for name in DATASETS} if quick else TRAIN_STEPS
     n_show = 6
     fig, axes = plt.subplots(2, 3, figsize=(13, 10))
     results, summaries = {}, []
