@@ -73,8 +73,8 @@ def test_sample_zoo_png(tmp_path):
     assert out.stat().st_size > 0
 
 
-# solvers and guidance have their own quick-bench tests
-@pytest.mark.parametrize("name", ["samplers_baseline", "momentum", "autodiffusion", "inverse", "ditto", "find",
+# solvers, guidance and inverse have their own quick-bench tests
+@pytest.mark.parametrize("name", ["samplers_baseline", "momentum", "autodiffusion", "ditto", "find",
                                   "ppap", "resshift", "obc"])
 def test_bench_quick_writes_json_and_png(tmp_path, name):
     assert main(["bench", name, "--quick", "--out", str(tmp_path)]) == 0

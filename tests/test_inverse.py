@@ -1,7 +1,10 @@
 """Inverse problems: SVD operator identities, shape validation, and the direction of each solver's effect
-(DPS, DDRM, RED-Diff beat the pseudo-inverse in PSNR) on digits with the shipped digits UNet."""
+(DPS, DDRM, RED-Diff beat the pseudo-inverse in PSNR) with the shipped digits UNet and natural-patch UNet, and
+the inverse bench's JSON layout."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -251,3 +254,24 @@ def test_patch_prior_beats_pseudo_inverse_on_held_out_natural_patches(patches, m
     base = psnr(solve_pinv(den, y, op).clamp(-1, 1), x).mean()
     ours = psnr(out.detach().clamp(-1, 1), x).mean()
     assert ours > base + 2.0, f"{method} on {task}: PSNR {ours:.2f} vs pinv {base:.2f}"
+
+
+def test_inverse_bench_json_layout(tmp_path):
+    """``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds} (digits at the top level, patches
+    under "patches"), and every diffusion method beats the pseudo-inverse on the digits tasks."""
+    import json
+
+    from diffusekit.bench import run_bench
+
+    run_bench("inverse", out=tmp_path, quick=True)
+    saved = json.loads((tmp_path / "inverse.json").read_text())
+    tasks = ("inpaint_box", "inpaint_random", "sr2", "sr4", "deblur")
+    methods = ("pinv", "dps", "ddrm", "reddiff")
+    for table in (saved, saved["patches"]):
+        for task in tasks:
+            assert set(methods) <= set(table[task])
+            for method in methods:
+                row = table[task][method]
+                assert {"psnr", "ssim", "nfe", "seconds"} <= set(row)
+                assert math.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1 and row["seconds"] >= 0
+    assert all(saved[t][m]["psnr"] > saved[t]["pinv"]["psnr"] for t in tasks for m in methods[1:])

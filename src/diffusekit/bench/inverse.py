@@ -14,8 +14,8 @@ the whole batch. Hyperparameters are fixed per task family and prior (DPS's zeta
 task); they were picked from a handful of settings on the first 16 images (a subset of the bench images), so
 they are lightly tuned, not swept.
 
-``DIR/inverse.json``: ``inverse`` maps task -> method -> {psnr, ssim, nfe, seconds, digits_fd} for digits;
-``inverse_patches`` has the same layout (without digits_fd) for the natural-image patches.
+``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds, digits_fd} for digits at the top level
+(beside the run's metadata); ``patches`` holds the same layout (without digits_fd) for the natural-image patches.
 """
 
 from __future__ import annotations
@@ -128,7 +128,10 @@ def _run(quick: bool):
         grouped_psnr_bars(ax, table, TASKS, METHODS, labels={m: f"{m} (NFE {STEPS[m]})" for m in METHODS})
         ax.set_xticks(range(len(TASKS)), list(TASKS), fontsize=8, rotation=20)
         ax.set_title(f"{prior}: mean PSNR over {n[prior]} test images", fontsize=9)
-        result["inverse" if prior == "digits" else f"inverse_{prior}"] = table
+        if prior == "digits":
+            result.update(table)  # the issue's layout: task -> method -> {psnr, ssim, nfe, seconds, ...}
+        else:
+            result[prior] = table
         summaries.append(f"{prior} PSNR dB pinv/DPS/DDRM/RED-Diff: " + "; ".join(
             f"{t} " + "/".join(f"{table[t][m]['psnr']:.1f}" for m in METHODS) for t in TASKS))
     fig.tight_layout()
