@@ -29,6 +29,7 @@ from ..methods.inverse import (SOLVERS, gaussian_blur, inpaint_box, inpaint_rand
 from ..metrics import digits_fd, psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
+from ._images import textured_test_patches
 
 SIGMA_Y = 0.05
 TASKS = {
@@ -43,7 +44,6 @@ STEPS = {"pinv": 0, "dps": 50, "ddrm": 20, "reddiff": 50}
 
 
 PRIORS = {"digits": "digits_unet", "patches": "patches_unet"}
-TEXTURED = 0.1  # patch test crops with pixel std >= 0.1 (about half; flat ones make every method look alike)
 
 
 def _options(method: str, task: str, prior: str) -> dict:
@@ -61,7 +61,7 @@ def _load_images(prior: str, n: int):
 
     if prior == "digits":
         return load_dataset("digits", "test").x[:n]
-    return load_dataset("patches", "test", n=n, seed=0, min_std=TEXTURED).x
+    return textured_test_patches(n)
 
 
 def _solve_tasks(prior: str, n: int, n_show: int):

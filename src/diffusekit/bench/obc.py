@@ -25,13 +25,13 @@ from ..methods.resshift import sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
+from ._images import sr_images
 
 METHODS = ("random", "zero", "obc", "oracle")
 DATASETS = ("digits", "patches")
 STEPS = (10, 50)
 QUICK_STEPS = (4, 8)
 TRAIN_STEPS = {"digits": 800, "patches": 600}
-TEXTURED = 0.1  # patch test crops with pixel std >= 0.1, as in ``bench resshift``
 
 
 @torch.no_grad()
@@ -51,20 +51,10 @@ def _all_candidates(den, cands, hr, lr, steps, chunk):
     return torch.cat(ps).double(), torch.cat(ss).double()
 
 
-def _data(name: str, quick: bool, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train HR, test HR) images of one dataset (as in ``bench resshift``)."""
-    from ..data import load_dataset
-
-    if name == "digits":
-        return load_dataset("digits", "train").x, load_dataset("digits", "test").x[:n_test]
-    return (load_dataset("patches", "train", n=1_000 if quick else 20_000, seed=0).x,
-            load_dataset("patches", "test", n=n_test, seed=0, min_std=TEXTURED).x)
-
-
 def _run_dataset(name: str, quick: bool, n_show: int):
     train_steps, k_cand, n_ref, n_test = (20, 6, 6, 12) if quick else (TRAIN_STEPS[name], 32, 32, 96)
     steps_list = QUICK_STEPS if quick else STEPS
-    x_train, x_test = _data(name, quick, n_test)
+    x_train, x_test = sr_images(name, n_test=n_test, **({"n_train_patches": 1_000} if quick else {}))
     x, y = sr_pairs(x_train, 2)
     _, yt = sr_pairs(x_test, 2)
     den, info = train_ddpm_sr(VPDiscrete.named("linear", 1000), x, y, steps=train_steps, max_seconds=None, seed=0)

@@ -24,28 +24,20 @@ from ..methods.resshift import ResShift, sample_ddpm_sr, sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
+from ._images import sr_images
 
 TASKS = {"sr2": 2, "sr4": 4}
 METHODS = ("pinv", "ddpm@4", "ddpm@50", "resshift@4")
 NFE = {"pinv": 0, "ddpm@4": 4, "ddpm@50": 50, "resshift@4": 4}
 DATASETS = ("digits", "patches")
-TEXTURED = 0.1  # test patches: pixel std >= 0.1 (about half the crops; flat ones make every method look alike)
 TRAIN_STEPS = {"digits": 800, "patches": 600}
 
 
-def _data(name: str, quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train HR, test HR) images of one dataset."""
-    from ..data import load_dataset
-
-    if name == "digits":
-        x_train, x_test = load_dataset("digits", "train").x, load_dataset("digits", "test").x
-        return x_train, x_test[:32] if quick else x_test
-    return (load_dataset("patches", "train", n=1_000 if quick else 20_000, seed=0).x,
-            load_dataset("patches", "test", n=12 if quick else 256, seed=0, min_std=TEXTURED).x)
-
-
 def _run_dataset(name: str, quick: bool, train_steps: int, n_show: int):
-    x_train, x_test = _data(name, quick)
+    if quick:
+        x_train, x_test = sr_images(name, n_test=32 if name == "digits" else 12, n_train_patches=1_000)
+    else:
+        x_train, x_test = sr_images(name, n_test=None)
     table, shown, train_info = {}, {}, {}
     for k, (task, factor) in enumerate(TASKS.items()):
         x, y = sr_pairs(x_train, factor)
