@@ -73,6 +73,15 @@ def test_sample_zoo_png(tmp_path):
     assert out.stat().st_size > 0
 
 
+def test_sample_unconditional_patch_model_infers_its_image_size(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "p.npz"
+    assert main(["sample", "--model", "zoo:patches_unet", "--out", str(out), "--count", "3", "--steps", "2"]) == 0
+    with np.load(out) as f:
+        assert f["samples"].shape == (3, 1, 16, 16) and "labels" not in f
+
+
 # solvers, guidance and inverse have their own quick-bench tests
 @pytest.mark.parametrize("name", ["samplers_baseline", "momentum", "autodiffusion", "ditto", "find",
                                   "ppap", "resshift", "obc"])
@@ -98,6 +107,10 @@ def test_every_bench_is_listed(capsys):
     (["sample", "--model", "zoo:digits_unet", "--out", "{tmp}/a.jpg"], "--out must end in .png or .npz"),
     (["sample", "--model", "zoo:digits_unet", "--grid", "cubic", "--out", "{tmp}/a.png"], "unknown time grid"),
     (["sample", "--model", "zoo:digits_unet", "--class-label", "12", "--out", "{tmp}/a.png"], "--class-label"),
+    (["sample", "--model", "zoo:patches_unet", "--guidance", "2", "--out", "{tmp}/a.png"],
+     "--guidance 2 needs a class-conditional model"),
+    (["sample", "--model", "zoo:patches_unet", "--size", "8", "--out", "{tmp}/a.png"],
+     "--size 8 does not match this model's image size 16"),
     (["bench", "nosuchbench"], "unknown bench 'nosuchbench'"),
     (["train", "--data", "gmm_ring8", "--prediction", "noise", "--out", "{tmp}/x"], "unknown prediction type"),
     (["train", "--data", "moons", "--conditional", "--steps", "1", "--out", "{tmp}/x", "--num-examples", "64",

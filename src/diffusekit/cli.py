@@ -105,6 +105,9 @@ def cmd_sample(args) -> int:
     schedule = denoiser.schedule
     shape = _sample_shape(denoiser, args)
     labels = _parse_labels(args.class_label, args.count, denoiser.num_classes)
+    if labels is None and args.guidance != 1.0:
+        raise CLIError(f"--guidance {args.guidance:g} needs a class-conditional model; this one is unconditional "
+                       f"(use the default --guidance 1)")
     t_end = 0.0 if args.t_end is None else args.t_end
     grid_opts = {} if args.grid in ("linspace", "leading", "trailing") else {"t_end": t_end}
     ts = make_grid(args.grid, schedule, args.steps, **grid_opts)
@@ -139,11 +142,14 @@ def _sample_shape(denoiser, args) -> tuple:
     cfg = getattr(denoiser.net, "config", {}) or {}
     if cfg.get("name") == "mlp":
         return (cfg["dim"],)
-    if args.size is None:
-        if cfg.get("in_channels") == 1 and cfg.get("num_classes") == 10:
-            return (1, 8, 8)
+    planned = cfg.get("image_size")
+    if args.size is not None and planned is not None and args.size != planned:
+        raise CLIError(f"--size {args.size} does not match this model's image size {planned}; omit --size or pass "
+                       f"{planned}")
+    size = args.size if args.size is not None else planned
+    if size is None:
         raise CLIError("--size is needed for this image model (side length of the images)")
-    return (cfg.get("in_channels", 1), args.size, args.size)
+    return (cfg.get("in_channels", 1), size, size)
 
 
 def cmd_eval(args) -> int:
