@@ -155,6 +155,16 @@ def _model_output(x0: torch.Tensor, x: torch.Tensor, p: _Point, data: bool) -> t
     return x0 if data else (x - p.alpha * x0) / p.sigma
 
 
+def _multistep_frame(history: list, k: int, p_s: _Point, p_t: _Point, data: bool):
+    """Quantities of a k-step multistep update from s to t: the exponential-integrator frame (ratio, c, hh) of
+    ``_frame``, the newest k history outputs m_0, m_1, ... (history holds (point, m), newest last) and their
+    log-SNR offsets r_j = (lam_j - lam_s)/h < 0, j >= 1."""
+    ratio, c, hh = _frame(p_s, p_t, data)
+    h = p_t.lam - p_s.lam
+    used = history[::-1][:k]
+    return ratio, c, hh, [m for _, m in used], [(p.lam - p_s.lam) / h for p, _ in used[1:]]
+
+
 def _special_first_order(x: torch.Tensor, x0: torch.Tensor, p_s: _Point, p_t: _Point) -> torch.Tensor | None:
     """The first-order step at an end of the process, or None for an ordinary step.
 
@@ -429,12 +439,9 @@ def sample_dpm_solver_multistep(denoiser: Denoiser, x: torch.Tensor, ts, *, orde
             m = _model_output(x0, x, p_s, data)
             history = (history + [(p_s, m)])[-keep:]
             k = min(step_orders[i], len(history))
-            ratio, c, hh = _frame(p_s, p_t, data)
-            h = p_t.lam - p_s.lam
-            used = history[::-1][:k]  # m_0, m_1, ...
-            rs = [(p.lam - p_s.lam) / h for p, _ in used[1:]]
+            ratio, c, hh, ms, rs = _multistep_frame(history, k, p_s, p_t, data)
             weights = _multistep_weights(rs, hh, solver_type, legacy_third_order) if rs else []
-            x = _combine(x, ratio, c, _g(hh, 1)[0], [mm for _, mm in used], weights)
+            x = _combine(x, ratio, c, _g(hh, 1)[0], ms, weights)
         _emit(callback, i, p_s.t, p_t.t, x, x0, k)
     return x
 

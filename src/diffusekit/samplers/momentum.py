@@ -55,7 +55,7 @@ import torch
 from ..core.denoiser import Denoiser
 from ..core.grids import check_grid
 from ..core.noise import GeneratorArg
-from .dpm_solver import (_combine, _emit, _frame, _g, _grid, _multistep_weights, _special_first_order,
+from .dpm_solver import (_combine, _emit, _g, _grid, _multistep_frame, _multistep_weights, _special_first_order,
                          _step_orders)
 from .plms import _transfer
 from .registry import register_sampler
@@ -229,11 +229,7 @@ def _sample_dpm_pp_momentum(method: str, denoiser: Denoiser, x: torch.Tensor, ts
         else:
             history = (history + [(p_s, x0)])[-order:]
         k = min(step_orders[i], len(history))
-        ratio, c, hh = _frame(p_s, p_t, True)
-        h = p_t.lam - p_s.lam
-        used = history[::-1][:k]  # newest first
-        rs = [(p.lam - p_s.lam) / h for p, _ in used[1:]]  # < 0
-        ms = [m for _, m in used]
+        ratio, c, hh, ms, rs = _multistep_frame(history, k, p_s, p_t, True)  # ms newest first
         g1 = _g(hh, 1)[0]
         if method == "hb":
             weights = _multistep_weights(rs, hh, solver_type, False) if rs else []
