@@ -10,6 +10,7 @@ from ..data import load_dataset
 # flat backgrounds make every restoration method look alike.
 TEXTURED_MIN_STD = 0.1
 SR_TRAIN_PATCHES = 20_000
+SR_TRAIN_PATCHES_QUICK = 1_000
 
 
 def textured_test_patches(n: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..methods.resshift import sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
-from ._images import sr_images
+from ._images import SR_TRAIN_PATCHES, SR_TRAIN_PATCHES_QUICK, sr_images
 
 METHODS = ("random", "zero", "obc", "oracle")
 DATASETS = ("digits", "patches")
@@ -54,7 +54,8 @@ def _all_candidates(den, cands, hr, lr, steps, chunk):
 def _run_dataset(name: str, quick: bool, n_show: int):
     train_steps, k_cand, n_ref, n_test = (20, 6, 6, 12) if quick else (TRAIN_STEPS[name], 32, 32, 96)
     steps_list = QUICK_STEPS if quick else STEPS
-    x_train, x_test = sr_images(name, n_test=n_test, **({"n_train_patches": 1_000} if quick else {}))
+    x_train, x_test = sr_images(name, n_test=n_test,
+                                n_train_patches=SR_TRAIN_PATCHES_QUICK if quick else SR_TRAIN_PATCHES)
     x, y = sr_pairs(x_train, 2)
     _, yt = sr_pairs(x_test, 2)
     den, info = train_ddpm_sr(VPDiscrete.named("linear", 1000), x, y, steps=train_steps, max_seconds=None, seed=0)

@@ -24,25 +24,27 @@ from ..methods.resshift import ResShift, sample_ddpm_sr, sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
 from . import register_bench
-from ._images import sr_images
+from ._images import SR_TRAIN_PATCHES_QUICK, sr_images
 
 TASKS = {"sr2": 2, "sr4": 4}
 METHODS = ("pinv", "ddpm@4", "ddpm@50", "resshift@4")
 NFE = {"pinv": 0, "ddpm@4": 4, "ddpm@50": 50, "resshift@4": 4}
 DATASETS = ("digits", "patches")
+RESSHIFT_OPTIONS = {"kappa": 2.0, "min_noise_level": 0.2, "power": 0.3}
 TRAIN_STEPS = {"digits": 800, "patches": 600}
 
 
 def _run_dataset(name: str, quick: bool, train_steps: int, n_show: int):
     if quick:
-        x_train, x_test = sr_images(name, n_test=32 if name == "digits" else 12, n_train_patches=1_000)
+        x_train, x_test = sr_images(name, n_test=32 if name == "digits" else 12,
+                                    n_train_patches=SR_TRAIN_PATCHES_QUICK)
     else:
         x_train, x_test = sr_images(name, n_test=None)
     table, shown, train_info = {}, {}, {}
     for k, (task, factor) in enumerate(TASKS.items()):
         x, y = sr_pairs(x_train, factor)
         _, yt = sr_pairs(x_test, factor)
-        rs = ResShift(4, kappa=2.0, min_noise_level=0.2, power=0.3)
+        rs = ResShift(4, **RESSHIFT_OPTIONS)
         net, info_rs = train_resshift(rs, x, y, steps=train_steps, max_seconds=None, seed=k)
         den, info_dd = train_ddpm_sr(VPDiscrete.named("linear", 1000), x, y, steps=train_steps, max_seconds=None,
                                      seed=k)
@@ -98,7 +100,7 @@ def _run(quick: bool):
             f"{t}: " + ", ".join(f"{m} {table[t][m]['psnr']:.2f}/{table[t][m]['ssim']:.3f}" for m in METHODS)
             for t in TASKS))
     fig.tight_layout()
-    rs = ResShift(4, kappa=2.0, min_noise_level=0.2, power=0.3)
+    rs = ResShift(4, **RESSHIFT_OPTIONS)
     return {"train_steps": train_steps, "resshift": rs.config,
             "baseline": "conditional DDPM, eps, linear VP 1000, ancestral, uniform grid",
             "datasets": results, "summary": " | ".join(summaries)}, fig
