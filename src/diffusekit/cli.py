@@ -77,14 +77,9 @@ def _parse_labels(spec: str | None, count: int, num_classes: int | None):
 # commands
 # ------------------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .demo import run_demo, summary
+    from .demo import run_demo_from_args
 
-    metrics = run_demo(args.out, seed=args.seed, train_seconds=args.train_seconds, max_steps=args.max_steps,
-                       guidance=args.guidance, extra_guidance=args.extra_guidance, sample_steps=args.sample_steps,
-                       n_per_class=args.per_class,
-                       progress=not args.no_progress)
-    print(summary(metrics, Path(args.out)))
-    return 0
+    return run_demo_from_args(args)
 
 
 def cmd_sample(args) -> int:
@@ -248,15 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a class-conditional digits model from scratch and evaluate it",
                        formatter_class=fmt)
-    d.add_argument("--out", default="demo_out", help="output folder")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--train-seconds", type=float, default=150.0, help="wall-clock training budget")
-    d.add_argument("--max-steps", type=int, default=20_000, help="upper bound on optimizer steps")
-    d.add_argument("--guidance", type=float, default=1.0, help="guidance scale of the headline metrics and grid")
-    d.add_argument("--extra-guidance", type=float, default=2.0, help="a second guidance scale to evaluate")
-    d.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    d.add_argument("--per-class", type=int, default=100, help="samples per class for the metrics")
-    d.add_argument("--no-progress", action="store_true")
+    from .demo import add_demo_arguments
+
+    add_demo_arguments(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a diffusion model from a YAML config or flags", formatter_class=fmt)

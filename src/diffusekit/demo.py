@@ -12,6 +12,7 @@ own distance), ``digits_fd_baseline`` (a per-pixel Gaussian fitted to the train 
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -76,3 +77,21 @@ def summary(metrics: dict, out: Path) -> str:
             f"  wrote {out / 'samples.png'}, {out / 'loss.png'}, {out / 'metrics.json'}")
 
 
+def add_demo_arguments(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--out", default="demo_out", help="output folder")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--train-seconds", type=float, default=150.0, help="wall-clock training budget")
+    d.add_argument("--max-steps", type=int, default=20_000, help="upper bound on optimizer steps")
+    d.add_argument("--guidance", type=float, default=1.0, help="guidance scale of the headline metrics and grid")
+    d.add_argument("--extra-guidance", type=float, default=2.0, help="a second guidance scale to evaluate")
+    d.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    d.add_argument("--per-class", type=int, default=100, help="samples per class for the metrics")
+    d.add_argument("--no-progress", action="store_true")
+
+
+def run_demo_from_args(args) -> int:
+    metrics = run_demo(args.out, seed=args.seed, train_seconds=args.train_seconds, max_steps=args.max_steps,
+                       guidance=args.guidance, extra_guidance=args.extra_guidance, sample_steps=args.sample_steps,
+                       n_per_class=args.per_class, progress=not args.no_progress)
+    print(summary(metrics, Path(args.out)))
+    return 0

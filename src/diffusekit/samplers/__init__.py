@@ -11,9 +11,11 @@ from .likelihood import pf_ode_log_likelihood, solve_pf_ode
 from .plms import sample_plms, sample_pndm
 from .registry import SAMPLERS, SamplerInfo, get_sampler, register_sampler
 from .unipc import sample_unipc
+from .defaults import DEFAULT, default_timesteps
 
-__all__ = ["SAMPLERS", "SamplerInfo", "diffusers_dpm_timesteps", "diffusers_multistep_orders",
-           "diffusers_singlestep_orders", "get_sampler", "grid_diffusers_dpm", "pf_ode_log_likelihood",
+__all__ = ["DEFAULT", "SAMPLERS", "default_timesteps", "SamplerInfo", "diffusers_dpm_timesteps",
+           "diffusers_multistep_orders", "diffusers_singlestep_orders", "get_sampler", "grid_diffusers_dpm",
+           "pf_ode_log_likelihood",
            "register_sampler", "sample", "sample_ddim", "sample_ddpm", "sample_dpm_solver_adaptive",
            "sample_dpm_solver_grouped", "sample_dpm_solver_multistep", "sample_dpm_solver_singlestep", "sample_euler",
            "sample_euler_ancestral", "sample_euler_maruyama", "sample_euler_sigma", "sample_heun", "sample_plms",
