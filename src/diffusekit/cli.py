@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from .runtime import configure_threads
+
+    configure_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     from .training.trainer import TrainingDivergedError
