@@ -1,0 +1,117 @@
+"""The default sampler and grid: valid on every schedule kind and zoo model, searched grid direction, cache."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffusekit import zoo
+from diffusekit.core import FlowSchedule, VESchedule, VPDiscrete, VPLinear, prior_sample
+from diffusekit.data import ring8_mixture
+from diffusekit.samplers import DEFAULT, SAMPLERS, default_timesteps, sample
+from diffusekit.samplers import defaults as D
+
+SCHEDULES = {"vp_discrete": lambda: VPDiscrete.named("linear"), "vp_cosine": lambda: VPDiscrete.named("cosine"),
+             "vp_linear": VPLinear, "ve": VESchedule, "flow": FlowSchedule}
+
+
+def _assert_grid(ts, schedule, steps):
+    assert ts.dtype == torch.float64 and ts.shape == (steps + 1,)
+    assert float(ts[0]) == pytest.approx(schedule.t_max) and float(ts[-1]) == 0.0
+    assert bool((ts[1:] < ts[:-1]).all())
+    assert bool((ts[1:-1] >= schedule.t_min).all())
+
+
+def _err(x, ref):
+    return float((x - ref).norm(dim=1).mean())
+
+
+def test_default_names_a_registered_deterministic_sampler():
+    assert set(DEFAULT) >= {"sampler", "grid", "steps", "options"}
+    info = SAMPLERS[DEFAULT["sampler"]]
+    assert not info.stochastic and not info.adaptive
+    assert DEFAULT["grid"] == "searched" and DEFAULT["steps"] >= 5
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULES))
+@pytest.mark.parametrize("steps", [1, 2, 5, 12])
+def test_fallback_grid_is_valid_on_every_schedule(kind, steps):
+    schedule = SCHEDULES[kind]()
+    _assert_grid(D.fallback_timesteps(schedule, steps), schedule, steps)
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULES))
+def test_default_samples_finite_on_every_schedule(kind):
+    schedule = SCHEDULES[kind]()
+    den = ring8_mixture().denoiser(schedule)
+    ts = default_timesteps(den, 6)  # a GMM: searched (cheap) and cached
+    _assert_grid(ts, schedule, 6)
+    assert torch.equal(default_timesteps(den, 6), ts)  # memory cache
+    x = sample(DEFAULT["sampler"], den, prior_sample(schedule, (64, 2), torch.Generator().manual_seed(5),
+                                                     dtype=torch.float64), ts)
+    assert bool(torch.isfinite(x).all())
+    assert float(x.norm(dim=1).mean()) == pytest.approx(2.0, abs=0.3)  # on the ring of radius 2
+
+
+@pytest.mark.parametrize("name", ["toy_ring8", "digits_unet", "patches_unet"])
+def test_default_grid_for_zoo_models(name):
+    den = zoo.load(name)
+    ts = default_timesteps(den, 10)  # a network: the fixed fallback, no search
+    _assert_grid(ts, den.schedule, 10)
+    assert torch.equal(ts, D.fallback_timesteps(den.schedule, 10))
+    if name == "toy_ring8":
+        x = sample(DEFAULT["sampler"], den, prior_sample(den.schedule, (32, 2), torch.Generator().manual_seed(0)), ts)
+        assert bool(torch.isfinite(x).all())
+
+
+def test_searched_grid_beats_fixed_grids_on_held_out_noise():
+    schedule = VPDiscrete.named("linear")
+    mixture = ring8_mixture()
+    den = mixture.denoiser(schedule)
+    tune = prior_sample(schedule, (64, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    fitness = D.TrajectoryFitness(den, tune)
+    res = D.search_grid(fitness, schedule, 8)
+    assert all(res.fitness <= f for f in res.fixed.values())  # the fixed grids are among the candidates
+    assert set(res.fixed) >= {"uniform", "logsnr", "quadratic", "karras", "trailing"}
+    held = prior_sample(schedule, (128, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+    held_fit = D.TrajectoryFitness(den, held)
+    best_fixed = min(held_fit(ts) for ts in D.fixed_grids(schedule, 8).values())
+    assert held_fit(res.ts) < 0.5 * best_fixed
+
+
+def test_fine_reference_is_converged():
+    schedule = VESchedule()
+    den = ring8_mixture().denoiser(schedule)
+    x_T = prior_sample(schedule, (32, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    coarse = D.TrajectoryFitness(den, x_T, reference_steps=200).reference
+    fine = D.TrajectoryFitness(den, x_T, reference_steps=800).reference
+    assert _err(coarse, fine) < 1e-4
+
+
+def test_grid_file_cache_round_trip(tmp_path):
+    schedule = VPLinear()
+    den = ring8_mixture().denoiser(schedule)
+    res = D.search_default_grid(den, 4, n=16, cache_dir=tmp_path)
+    obj = json.loads((tmp_path / D.GRID_FILE).read_text())
+    assert obj["format"] == D.GRID_FILE_FORMAT and len(obj["grids"]) == 1
+    assert not list(tmp_path.glob("*.tmp"))
+    D._MEMORY.clear()
+    ts = default_timesteps(den, 4, search=False, cache_dir=tmp_path)
+    assert torch.equal(ts, res.ts)
+    assert math.isfinite(res.seconds) and res.evaluations > 0
+    (tmp_path / D.GRID_FILE).write_text("{not json")
+    D._MEMORY.clear()
+    with pytest.raises(ValueError, match="cannot read"):
+        default_timesteps(den, 4, search=False, cache_dir=tmp_path)
+
+
+def test_bad_arguments():
+    schedule = VPLinear()
+    den = ring8_mixture().denoiser(schedule)
+    with pytest.raises(ValueError, match="steps"):
+        default_timesteps(den, 0)
+    with pytest.raises(ValueError, match="search"):
+        default_timesteps(den, 3, search="sometimes")
+    with pytest.raises(ValueError):
+        D.grid_warped(schedule, 5, start=0.0)
