@@ -1,50 +1,14 @@
-"""Figures the CLI and benches write: image grids, loss curves, and atomic file output."""
+"""Figures the CLI and benches write: image grids and loss curves (written atomically through ``diffusekit.io``)."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def default_file_mode() -> int:
-    """0o666 less the process umask: the mode an ordinary ``open(path, "w")`` would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, torch.Tensor) and o.numel() == 1:
-        return o.item()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+# re-exported: older code imports the atomic writers from here
+from .io import atomic_write_bytes, atomic_write_json, default_file_mode  # noqa: F401
 
 
 def _save_figure(fig, path: str | os.PathLike) -> None:

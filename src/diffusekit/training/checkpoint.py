@@ -31,9 +31,9 @@ Why this layout: safetensors cannot execute code on load (unlike pickle /
 ``torch.load``), so a checkpoint from an untrusted source is safe to open; the JSON is
 readable without any ML stack.
 
-Atomicity: each file is written to a temporary file in the same directory, flushed and
-``fsync``-ed, then moved over the old file with ``os.replace`` (atomic on POSIX and
-Windows); the directory is fsync-ed after each rename. The tensor file goes first and
+Atomicity: each file is written with :func:`diffusekit.io.atomic_write` (a temporary file in
+the same directory, flushed and ``fsync``-ed, then moved over the old file with ``os.replace``,
+atomic on POSIX and Windows; the directory is fsync-ed after each rename). The tensor file goes first and
 the JSON last. A crash therefore leaves either the old pair, or (crash between the two
 renames) a new tensor file next to the old JSON. The loader detects the latter by the
 ``checkpoint_id`` mismatch and uses the metadata embedded in the (complete, consistent)
@@ -46,7 +46,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -56,6 +55,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..errors import UserError
+from ..io import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -81,7 +83,7 @@ META_FILE = "checkpoint.json"
 _HEADER_KEY = "diffusekit"  # key of the embedded JSON metadata in the safetensors header
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, truncated, corrupt, or does not fit the model/trainer."""
 
 
@@ -129,41 +131,9 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename by fsync-ing its directory (not possible on every platform)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write) -> None:
-    """Write ``path`` via a temp file in the same directory + fsync + ``os.replace``.
-
-    ``write(tmp_path)`` produces the content. On any error the temp file is removed and
-    the old ``path`` is left untouched.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    """Kept for older imports: :func:`diffusekit.io.atomic_write`."""
+    atomic_write(path, write)
 
 
 def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
@@ -350,11 +320,11 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
 
-    _atomic_write(
+    atomic_write(
         path / TENSORS_FILE,
         lambda tmp: save_file(tensors, str(tmp), metadata={_HEADER_KEY: meta_text}),
     )
-    _atomic_write(path / META_FILE, lambda tmp: tmp.write_text(meta_text + "\n", encoding="utf-8"))
+    atomic_write(path / META_FILE, lambda tmp: tmp.write_text(meta_text + "\n", encoding="utf-8"))
     return path
 
 
