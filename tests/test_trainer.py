@@ -6,11 +6,13 @@ import dataclasses
 import json
 import math
 import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 
+from diffusekit.errors import UserError
 from diffusekit.training import checkpoint as ckpt_mod
 from diffusekit.training.checkpoint import (
     META_FILE,
@@ -19,7 +21,7 @@ from diffusekit.training.checkpoint import (
     load_checkpoint,
     load_model_weights,
 )
-from diffusekit.training.trainer import LOG_FILE, TrainConfig, Trainer, TrainingDivergedError
+from diffusekit.training.trainer import LOG_FILE, TrainConfig, Trainer, TrainingDivergedError, TrainingInterrupted
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -448,3 +450,71 @@ def test_crash_between_renames_never_mixes(saved, monkeypatch):
     for name, p in t.model.state_dict().items():
         assert torch.equal(tensors[f"model.{name}"], p)
     assert not math.isnan(meta["train_seconds"])
+
+
+# ------------------------------------------------------------------- interruption
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_the_step_then_resume_is_exact(tmp_path, signum):
+    config = dict(steps=12, warmup_steps=3, seed=5)
+    full = Trainer(make_model(), denoise_loss, make_data(), cfg(**config))
+    full_hist = full.fit()
+
+    def loss_signalling_at_step_4(model, batch, generator):
+        if part.step == 3:  # computing step 4: the signal arrives mid-step, step 4 still completes
+            os.kill(os.getpid(), signum)
+        return denoise_loss(model, batch, generator)
+
+    before = signal.getsignal(signum)
+    part = Trainer(make_model(), loss_signalling_at_step_4, make_data(), cfg(**config), out_dir=tmp_path)
+    with pytest.raises(TrainingInterrupted) as info:
+        part.fit()
+    assert signal.getsignal(signum) is before  # the handler is removed again
+    stop = info.value
+    assert isinstance(stop, KeyboardInterrupt)
+    assert (stop.signum, stop.exit_code, stop.step, stop.saved_to) == (signum, 128 + signum, 4, tmp_path)
+    assert "\n" not in str(stop) and f"{signal.Signals(signum).name} at step 4" in str(stop)
+    assert load_checkpoint(tmp_path)[1]["step"] == 4
+    assert read_log(tmp_path)[-1]["type"] == "stop" and read_log(tmp_path)[-1]["step"] == 4
+
+    resumed = Trainer(make_model(seed=9), denoise_loss, make_data(), cfg(**config), out_dir=tmp_path)
+    resumed.resume(tmp_path)
+    assert resumed.fit()["loss"] == full_hist["loss"]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fit_sweeps_orphaned_temp_files(tmp_path):
+    Trainer(make_model(), denoise_loss, make_data(), cfg(steps=2), out_dir=tmp_path).fit()
+    orphans = [tmp_path / f".{TENSORS_FILE}.k9x1.tmp", tmp_path / f".{META_FILE}.abcd.tmp",
+               tmp_path / f".{LOG_FILE}.zz.tmp"]
+    for p in orphans:
+        p.write_bytes(b"left by kill -9")
+    keep = tmp_path / "notes.tmp"  # not one of ours
+    keep.write_text("mine")
+    r = Trainer(make_model(), denoise_loss, make_data(), cfg(steps=3), out_dir=tmp_path)
+    r.resume(tmp_path)
+    r.fit()
+    assert not any(p.exists() for p in orphans) and keep.read_text() == "mine"
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    def nan_loss(m, batch, generator):
+        return denoise_loss(m, batch, generator) * float("nan")
+
+    with pytest.raises(TrainingDivergedError) as info:
+        Trainer(make_model(), nan_loss, make_data(), cfg(steps=4), out_dir=tmp_path).fit()
+    assert "no checkpoint was written" in str(info.value) and "kept" not in str(info.value)
+
+
+def test_config_from_yaml_text_values():
+    c = TrainConfig.from_dict({"steps": "100", "batch_size": 8, "lr": "1e-3", "betas": ["0.9", "0.99"]})
+    assert (c.steps, c.lr, c.betas) == (100, 1e-3, (0.9, 0.99))
+    for bad in ({"progress": "no"}, {"progress": "false"}, {"lr": "fast"}):
+        with pytest.raises(UserError):
+            TrainConfig.from_dict({"steps": 1, "batch_size": 1, **bad})
+    with pytest.raises(UserError, match="needs batch_size"):
+        TrainConfig.from_dict({"steps": 1})
+    with pytest.raises(UserError, match="must be a mapping"):
+        TrainConfig.from_dict(5)

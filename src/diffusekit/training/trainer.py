@@ -35,150 +35,65 @@ LR schedule: for optimizer step ``s`` (1-based) ``lr_s = lr * min(1, s / warmup_
 EMA: ``ema = decay * ema + (1 - decay) * param`` after every optimizer step, starting
 from a copy of the initial weights, with no bias correction or decay warmup (so it is
 easy to reason about and to test); buffers are copied.
+
+Interruption. While ``fit()`` runs with an ``out_dir`` in the main thread, SIGINT (Ctrl-C) and SIGTERM
+finish the current step, write a checkpoint and raise :class:`TrainingInterrupted` (exit status
+``128 + signal``: 130 / 143); a second signal stops at once (the atomic writes keep the previous
+checkpoint). Under DDP every rank stops at the same step.
+
+Layout: :mod:`.config` (``TrainConfig``), :mod:`.state` (what a checkpoint of the trainer holds:
+save / resume), this module (the loop).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from ..io import atomic_write_text
 from . import distributed as dist_utils
-from .checkpoint import (
-    CheckpointError,
-    TENSORS_FILE,
-    _atomic_write,
-    _sub_state,
-    check_model_config,
-    load_checkpoint,
-    load_state_strict,
-    optimizer_state_from_tensors,
-    save_checkpoint,
-)
+from .config import TrainConfig
+from .state import LOG_FILE, derive_seed, restore_trainer, save_trainer, sweep_orphans
 
-__all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError"]
-
-LOG_FILE = "log.jsonl"
+__all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingInterrupted"]
 
 LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module, int], Mapping[str, float]]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; no checkpoint was written for that step."""
 
 
-# ------------------------------------------------------------------------------ config
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped :meth:`Trainer.fit` at a step boundary.
 
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_float(name: str, value: Any, *, low: float, high: float = math.inf,
-                 low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open or high == math.inf else "]"
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters of :class:`Trainer` (JSON-serialisable via ``dataclasses.asdict``).
-
-    ``steps``: total optimizer steps of the run (a resumed run continues up to it).
-    ``batch_size``: GLOBAL batch size (split evenly over DDP ranks).
-    ``lr``, ``weight_decay``, ``betas``: AdamW. ``warmup_steps``: linear warmup length.
-    ``grad_clip``: max global grad L2 norm (None: no clipping; the norm is still logged).
-    ``ema_decay``: EMA decay in [0, 1) (None: no EMA model).
-    ``seed``: seeds the trainer-owned generators (data order, loss noise).
-    ``log_every``: steps per ``log.jsonl`` record. ``eval_every``: steps between
-    ``eval_fn`` calls (0: never). ``checkpoint_every``: steps between checkpoints
-    (0: only at the end). ``max_seconds``: wall-clock budget of one ``fit()`` call; the
-    step during which it runs out is completed, a checkpoint written and
-    ``stopped_early`` recorded. ``progress``: show a tqdm bar on stderr.
+    ``signum``: the signal; ``exit_code``: ``128 + signum`` (the shell's convention: 130 for Ctrl-C, 143
+    for SIGTERM); ``step``: the last completed step; ``saved_to``: the checkpoint folder holding that step
+    (None when the trainer has no ``out_dir``). A KeyboardInterrupt, so code that handles Ctrl-C still does.
     """
 
-    steps: int
-    batch_size: int
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = 0.999
-    seed: int = 0
-    log_every: int = 50
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    max_seconds: float | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        _check_int("steps", self.steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_float("lr", self.lr, low=0.0, low_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0.0)
-        if not isinstance(self.betas, Sequence) or isinstance(self.betas, str) or len(self.betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-        self.betas = tuple(self.betas)
-        for i, b in enumerate(self.betas):
-            _check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
-        _check_int("warmup_steps", self.warmup_steps, 0)
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, low=0.0, low_open=True)
-        if self.ema_decay is not None:
-            _check_float("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        _check_int("log_every", self.log_every, 1)
-        _check_int("eval_every", self.eval_every, 0)
-        _check_int("checkpoint_every", self.checkpoint_every, 0)
-        if self.max_seconds is not None:
-            _check_float("max_seconds", self.max_seconds, low=0.0, low_open=True)
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress must be a bool, got {self.progress!r}")
-
-    def to_dict(self) -> dict:
-        """Plain-JSON dict (``betas`` as a list)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; allowed: {sorted(known)}")
-        return cls(**dict(d))
-
-
-# Fields whose change between the checkpointed run and the resumed one breaks exactness.
-_TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps",
-                      "grad_clip", "ema_decay", "seed")
-
-
-def _derive_seed(seed: int, stream: str, index: int = 0, extra: int = 0) -> int:
-    """Independent 63-bit seed for a named random stream (data / loss, per rank)."""
-    digest = hashlib.sha256(f"diffusekit:{seed}:{stream}:{index}:{extra}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    def __init__(self, signum: int, step: int, saved_to: Path | None):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        self.step = step
+        self.saved_to = saved_to
+        where = f"checkpoint of step {step} saved in {saved_to}" if saved_to is not None else "nothing saved"
+        super().__init__(f"{signal.Signals(self.signum).name} at step {step}; {where}")
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -287,9 +202,9 @@ class Trainer:
             model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         self.data_generator = torch.Generator(device="cpu")
-        self.data_generator.manual_seed(_derive_seed(config.seed, "data"))
+        self.data_generator.manual_seed(derive_seed(config.seed, "data"))
         self.loss_generator = torch.Generator(device="cpu")
-        self.loss_generator.manual_seed(_derive_seed(config.seed, "loss", self.rank))
+        self.loss_generator.manual_seed(derive_seed(config.seed, "loss", self.rank))
 
         self.step = 0
         self.stopped_early = False
@@ -302,6 +217,7 @@ class Trainer:
         self._train_seconds = 0.0  # wall-clock of completed fit() calls (across resumes)
         self._fit_start: float | None = None
         self._last_saved_step: int | None = None
+        self._stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler during fit()
 
     # ------------------------------------------------------------------ schedule / data
 
@@ -367,8 +283,7 @@ class Trainer:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= self.step:
                 kept.append(line)
-        text = "".join(line + "\n" for line in kept)
-        _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _run_eval(self) -> None:
         target = self.ema_model if self.ema_model is not None else self.model
@@ -392,20 +307,6 @@ class Trainer:
 
     # ------------------------------------------------------------------- checkpoints
 
-    def _rng_states(self) -> dict[str, torch.Tensor]:
-        """All generator states, per rank (gathered to every rank under DDP)."""
-        local = {
-            "loss": self.loss_generator.get_state(),
-            "torch_cpu": torch.get_rng_state(),
-        }
-        if self.device.type == "cuda":
-            local["torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        states = {"data": self.data_generator.get_state()}
-        for name, state in local.items():
-            for r, s in enumerate(dist_utils.all_gather_tensor(state)):
-                states[f"{name}.rank{r}"] = s
-        return states
-
     def save(self, path_dir: str | Path | None = None) -> Path | None:
         """Write a checkpoint of the full training state (default: ``out_dir``).
 
@@ -416,36 +317,7 @@ class Trainer:
         target = Path(path_dir) if path_dir is not None else self.out_dir
         if target is None:
             raise ValueError("save() needs path_dir when the trainer has no out_dir")
-        states = self._rng_states()
-        written = None
-        if self.is_main:
-            extra_tensors = {
-                "history.loss": torch.tensor(self._loss_history, dtype=torch.float64),
-                "history.grad_norm": torch.tensor(self._grad_norm_history, dtype=torch.float64),
-            }
-            if self._perm is not None:
-                extra_tensors["data.permutation"] = self._perm
-            written = save_checkpoint(
-                target,
-                model=self.model,
-                ema_model=self.ema_model,
-                optimizer=self.optimizer,
-                step=self.step,
-                generators=states,
-                config=self.config.to_dict(),
-                extra_config=self.extra_config,
-                extra_meta={
-                    "world_size": self.world_size,
-                    "data": {"num_examples": self.num_examples, "cursor": self._cursor, "epoch": self._epoch},
-                    "stopped_early": self.stopped_early,
-                    "train_seconds": self._seconds(),
-                    "evals": self._evals,
-                },
-                extra_tensors=extra_tensors,
-            )
-        self._last_saved_step = self.step
-        dist_utils.barrier()
-        return written
+        return save_trainer(self, target)
 
     def resume(self, path_dir: str | Path) -> dict:
         """Restore model, EMA, optimizer, step, data position, generators and history.
@@ -456,77 +328,7 @@ class Trainer:
         world size are allowed but warned about, since the continuation is then no
         longer bit-exact. Returns the checkpoint metadata.
         """
-        tensors, meta = load_checkpoint(path_dir)
-        where = str(Path(path_dir) / TENSORS_FILE)
-        check_model_config(meta, self.model, where)
-        data_meta = meta.get("data") or {}
-        if data_meta.get("num_examples") != self.num_examples:
-            raise CheckpointError(
-                f"{where}: checkpoint was trained on {data_meta.get('num_examples')} examples "
-                f"but data has {self.num_examples}"
-            )
-        desc = meta.get("optimizer")
-        if desc is None or desc.get("class") != type(self.optimizer).__name__:
-            got = None if desc is None else desc.get("class")
-            raise CheckpointError(f"{where}: optimizer state is {got!r}, expected {type(self.optimizer).__name__}")
-
-        load_state_strict(self.model, _sub_state(tensors, "model."), where)
-        if self.ema_model is not None:
-            if meta.get("has_ema"):
-                load_state_strict(self.ema_model, _sub_state(tensors, "ema."), where)
-            else:
-                warnings.warn(f"{where} has no EMA weights; EMA restarts from the loaded weights",
-                              RuntimeWarning, stacklevel=2)
-                self.ema_model.load_state_dict(self.model.state_dict())
-        try:
-            self.optimizer.load_state_dict(optimizer_state_from_tensors(tensors, desc, self.optimizer))
-        except (KeyError, ValueError, RuntimeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{where}: optimizer state does not fit the model: {msg}") from None
-
-        saved_cfg = meta.get("train_config") or {}
-        now_cfg = self.config.to_dict()
-        changed = [k for k in _TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != now_cfg[k]]
-        saved_ws = meta.get("world_size", 1)
-        if changed and self.is_main:
-            warnings.warn(f"resuming with changed {changed}; the continuation is not bit-exact",
-                          RuntimeWarning, stacklevel=2)
-        saved_extra = meta.get("extra_config")
-        if self.extra_config is None:
-            self.extra_config = saved_extra  # keep it in the checkpoints this run writes
-        elif saved_extra is not None and json.loads(json.dumps(self.extra_config)) != saved_extra and self.is_main:
-            warnings.warn("extra_config differs from the checkpoint's; the new one is recorded from now on",
-                          RuntimeWarning, stacklevel=2)
-
-        self.step = int(meta["step"])
-        self._perm = tensors.get("data.permutation")
-        self._cursor = int(data_meta.get("cursor", 0))
-        self._epoch = int(data_meta.get("epoch", 0))
-        if "rng.data" not in tensors:
-            raise CheckpointError(f"{where}: data generator state 'rng.data' is missing")
-        self.data_generator.set_state(tensors["rng.data"])
-        per_rank = f"rank{self.rank}"
-        if saved_ws == self.world_size and f"rng.loss.{per_rank}" in tensors:
-            self.loss_generator.set_state(tensors[f"rng.loss.{per_rank}"])
-            if f"rng.torch_cpu.{per_rank}" in tensors:
-                torch.set_rng_state(tensors[f"rng.torch_cpu.{per_rank}"])
-            if self.device.type == "cuda" and f"rng.torch_cuda.{per_rank}" in tensors:
-                torch.cuda.set_rng_state(tensors[f"rng.torch_cuda.{per_rank}"], self.device)
-        else:
-            self.loss_generator.manual_seed(_derive_seed(self.config.seed, "loss", self.rank, self.step))
-            if self.is_main:
-                warnings.warn(
-                    f"checkpoint was written with world size {saved_ws}, now {self.world_size}: "
-                    "loss generators are re-seeded and the continuation is not bit-exact",
-                    RuntimeWarning, stacklevel=2,
-                )
-        self._loss_history = tensors.get("history.loss", torch.zeros(0)).tolist()
-        self._grad_norm_history = tensors.get("history.grad_norm", torch.zeros(0)).tolist()
-        self._evals = list(meta.get("evals") or [])
-        self._train_seconds = float(meta.get("train_seconds", 0.0))
-        self.stopped_early = False
-        self._last_saved_step = self.step
-        return meta
+        return restore_trainer(self, path_dir)
 
     # ---------------------------------------------------------------------------- fit
 
@@ -557,15 +359,18 @@ class Trainer:
         (records ``{"step", "seconds", "metrics"}``), ``start_step``, ``step``,
         ``seconds`` (wall-clock of this call) and ``stopped_early``. Raises
         TrainingDivergedError on a NaN/inf loss or gradient norm before that step's
-        update, without writing a checkpoint.
+        update, without writing a checkpoint, and :class:`TrainingInterrupted` after
+        SIGINT/SIGTERM, once the state of the last completed step is checkpointed.
         """
         cfg = self.config
         start_step = self.step
         self.stopped_early = False
+        self._stop_signal = None
         if self.step >= cfg.steps:
             return self._history(start_step, 0.0)
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            sweep_orphans(self.out_dir)
             self._trim_log()
         self._fit_start = time.perf_counter()
         interval_loss: list[float] = []
@@ -575,71 +380,122 @@ class Trainer:
         desc = "train" if cfg.max_seconds is None else f"train (stops after {cfg.max_seconds:g} s)"
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, file=sys.stderr,
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
-        try:
-            while self.step < cfg.steps:
-                step = self.step + 1
-                lr = self.lr_at(step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                batch = self._next_batch()
-                losses = self.loss_fn(self.train_model, batch, self.loss_generator)
-                if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (self.local_batch_size,):
-                    got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-                    raise ValueError(
-                        f"loss_fn must return per-example losses of shape ({self.local_batch_size},), got {got}"
-                    )
-                loss = losses.mean()
-                # Averaged over ranks: the logged value, and one divergence verdict for all ranks.
-                loss_value = loss.detach().float()
-                if self.distributed:
-                    loss_value = dist_utils.all_reduce_sum(loss_value) / self.world_size
-                loss_value = loss_value.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingDivergedError(
-                        f"loss is {loss_value} at step {step}; stopped before the update, last checkpoint kept"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = self._grad_norm().item()  # DDP grads are synced: same on all ranks
-                if not math.isfinite(grad_norm):
-                    raise TrainingDivergedError(
-                        f"gradient norm is {grad_norm} at step {step}; stopped before the update, last checkpoint kept"
-                    )
-                self.optimizer.step()
-                self._ema_update()
-                self.step = step
-                self._loss_history.append(loss_value)
-                self._grad_norm_history.append(grad_norm)
-                interval_loss.append(loss_value)
-                interval_gn.append(grad_norm)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+        interrupted: int | None = None
+        with self._stop_on_signals():
+            try:
+                while self.step < cfg.steps:
+                    lr = self._train_step(interval_loss, interval_gn)
+                    step = self.step
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{interval_loss[-1]:.4g}", refresh=False)
 
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    self._flush_log(interval_loss, interval_gn, lr)
-                if cfg.eval_every and step % cfg.eval_every == 0 and self.eval_fn is not None and self.is_main:
-                    self._run_eval()
-                over = cfg.max_seconds is not None and time.perf_counter() - self._fit_start > cfg.max_seconds
-                if cfg.max_seconds is not None and self.distributed:
-                    over = dist_utils.all_reduce_sum(torch.tensor([float(over)])).item() > 0
-                if over and step < cfg.steps:
-                    self.stopped_early = True
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not self.stopped_early:
-                    self.save()
-                if self.stopped_early:
-                    break
-        finally:
-            bar.close()
-        self._flush_log(interval_loss, interval_gn, self.lr_at(self.step))
-        if self.stopped_early:
-            self._log({"type": "stop", "step": self.step, "reason": "max_seconds",
-                       "max_seconds": cfg.max_seconds, "seconds": round(self._seconds(), 4)})
-        seconds = time.perf_counter() - self._fit_start
-        if self.out_dir is not None and self._last_saved_step != self.step:
-            self.save()
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        self._flush_log(interval_loss, interval_gn, lr)
+                    if cfg.eval_every and step % cfg.eval_every == 0 and self.eval_fn is not None and self.is_main:
+                        self._run_eval()
+                    over = cfg.max_seconds is not None and time.perf_counter() - self._fit_start > cfg.max_seconds
+                    if cfg.max_seconds is not None and self.distributed:
+                        over = dist_utils.all_reduce_sum(torch.tensor([float(over)])).item() > 0
+                    if over and step < cfg.steps:
+                        self.stopped_early = True
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not self.stopped_early:
+                        self.save()
+                    interrupted = self._agreed_stop_signal()
+                    if self.stopped_early or (interrupted is not None and step < cfg.steps):
+                        break
+            finally:
+                bar.close()
+            self._flush_log(interval_loss, interval_gn, self.lr_at(self.step))
+            if interrupted is not None and self.step < cfg.steps:
+                self._log({"type": "stop", "step": self.step, "reason": signal.Signals(interrupted).name,
+                           "seconds": round(self._seconds(), 4)})
+            elif self.stopped_early:
+                self._log({"type": "stop", "step": self.step, "reason": "max_seconds",
+                           "max_seconds": cfg.max_seconds, "seconds": round(self._seconds(), 4)})
+            seconds = time.perf_counter() - self._fit_start
+            if self.out_dir is not None and self._last_saved_step != self.step:
+                self.save()
         self._train_seconds += seconds
         self._fit_start = None
+        if interrupted is not None and self.step < cfg.steps:
+            raise TrainingInterrupted(interrupted, self.step, self.out_dir)
         return self._history(start_step, seconds)
+
+    def _train_step(self, interval_loss: list[float], interval_gn: list[float]) -> float:
+        """One optimizer step (step ``self.step + 1``); returns its learning rate."""
+        step = self.step + 1
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self._next_batch()
+        losses = self.loss_fn(self.train_model, batch, self.loss_generator)
+        if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (self.local_batch_size,):
+            got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ValueError(f"loss_fn must return per-example losses of shape ({self.local_batch_size},), got {got}")
+        loss = losses.mean()
+        # Averaged over ranks: the logged value, and one divergence verdict for all ranks.
+        loss_value = loss.detach().float()
+        if self.distributed:
+            loss_value = dist_utils.all_reduce_sum(loss_value) / self.world_size
+        loss_value = loss_value.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(f"loss is {loss_value} at step {step}; {self._kept()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = self._grad_norm().item()  # DDP grads are synced: same on all ranks
+        if not math.isfinite(grad_norm):
+            raise TrainingDivergedError(f"gradient norm is {grad_norm} at step {step}; {self._kept()}")
+        self.optimizer.step()
+        self._ema_update()
+        self.step = step
+        self._loss_history.append(loss_value)
+        self._grad_norm_history.append(grad_norm)
+        interval_loss.append(loss_value)
+        interval_gn.append(grad_norm)
+        return lr
+
+    def _kept(self) -> str:
+        """How a diverged run leaves its folder, for the error message."""
+        if self.out_dir is None:
+            return "stopped before the update (no output folder)"
+        if self._last_saved_step is None:
+            return "stopped before the update; no checkpoint was written (lower the lr or checkpoint more often)"
+        return f"stopped before the update, last checkpoint (step {self._last_saved_step}) kept"
+
+    # ------------------------------------------------------------------------ signals
+
+    @contextmanager
+    def _stop_on_signals(self):
+        """While training with an ``out_dir``: the first SIGINT/SIGTERM asks the loop to stop after the
+        current step (it then checkpoints); a second one stops at once. Python only lets the main thread
+        install handlers, so elsewhere the signals keep their usual effect."""
+        if self.out_dir is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, old in previous.items():
+                signal.signal(s, old if old is not None else signal.SIG_DFL)
+
+    def _agreed_stop_signal(self) -> int | None:
+        """The stop signal if any rank got one (all ranks agree, so they stop at the same step)."""
+        if not self.distributed:
+            return self._stop_signal
+        got = torch.tensor([float(self._stop_signal == signal.SIGINT), float(self._stop_signal == signal.SIGTERM)])
+        got = dist_utils.all_reduce_sum(got)
+        if got[1] > 0:
+            return int(signal.SIGTERM)
+        return int(signal.SIGINT) if got[0] > 0 else None
 
     def _flush_log(self, interval_loss: list[float], interval_gn: list[float], lr: float) -> None:
         if not interval_loss:
