@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ..core import CFGDenoiser, NetworkDenoiser, VPDiscrete, make_grid, prior_sample
+from ..core import CFGDenoiser, CountingDenoiser, NetworkDenoiser, VPDiscrete, make_grid, prior_sample
 from ..core.schedules import schedule_from_config
 from ..data import load_dataset
 from ..metrics import class_accuracy, digits_fd
@@ -23,6 +23,14 @@ DIGITS_NET = {"name": "unet", "in_channels": 1, "base_channels": 32, "channel_mu
               "attention_resolutions": [4], "num_classes": 10}
 DIGITS_SCHEDULE = {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000}
 DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1}
+
+# The demo's network: the digits UNet without attention and at half the width (DIGITS_NET stays the shipped
+# asset's config). Profiled at batch 128 on 8 x 8 inputs, the 3 x 3 convolutions' backward and forward
+# passes take most of a step; their cost grows with channels squared, so halving the width ...
+DEMO_NET = {"name": "unet", "in_channels": 1, "base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
+            "attention_resolutions": [], "num_classes": 10}
+# Trainer settings of the demo (TrainConfig fields); ``steps`` is the default length of ``diffusekit demo``.
+DEMO_TRAIN = {"steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995}
 
 # Unconditional model of 16 x 16 grey natural-image patches (the ``patches`` dataset, train images only):
 # one more resolution level than the digits net, attention at 4 x 4.
@@ -55,17 +63,50 @@ def train_model(net_config: dict, schedule_config: dict, loss_config: dict, data
     return trainer, loss, history
 
 
-def sample_digits(denoiser: NetworkDenoiser, labels: torch.Tensor, *, guidance: float = 2.0, steps: int = 50,
-                  seed: int = 0) -> torch.Tensor:
-    """Class-conditional DDIM samples (trailing spacing, final step to t = 0), clipped to [-1, 1]."""
-    schedule = denoiser.schedule
-    x_T = prior_sample(schedule, (len(labels), 1, 8, 8), torch.Generator().manual_seed(seed))
-    ts = make_grid("trailing", schedule, steps) if isinstance(schedule, VPDiscrete) else \
-        make_grid("logsnr", schedule, steps, t_end=0.0)
-    den = CFGDenoiser(denoiser, guidance) if guidance != 1.0 else denoiser
+SOLVERS = ("ddim", "default")
+
+
+def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> tuple:
+    """The sampler the digits evaluation uses: ``(fn, ts, options, description)``.
+
+    ``solver="ddim"``: DDIM on the trailing grid (log-SNR grid ending at t = 0 for continuous schedules),
+    ``steps`` default 50 (what the zoo manifests record). ``solver="default"``: the project default
+    (``samplers.DEFAULT``: its sampler and options on ``default_timesteps(denoiser, steps)``), ``steps``
+    default ``DEFAULT["steps"]``. ``description``: ``{"sampler", "grid", "steps", "options"}``.
+    """
+    from ..samplers import DEFAULT, default_timesteps, get_sampler
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
+    if solver == "ddim":
+        steps = 50 if steps is None else steps
+        schedule = denoiser.schedule
+        grid = "trailing" if isinstance(schedule, VPDiscrete) else "logsnr"
+        ts = make_grid(grid, schedule, steps) if grid == "trailing" else make_grid(grid, schedule, steps, t_end=0.0)
+        return sample_ddim, ts, {}, {"sampler": "ddim", "grid": grid, "steps": steps, "options": {}}
+    steps = DEFAULT["steps"] if steps is None else steps
+    info = get_sampler(DEFAULT["sampler"])
+    ts = default_timesteps(denoiser, steps)
+    options = dict(DEFAULT["options"])
+    return info.fn, ts, options, {"sampler": info.name, "grid": DEFAULT["grid"], "steps": steps, "options": options}
+
+
+def _draw_digits(denoiser: NetworkDenoiser, labels: torch.Tensor, guidance: float, seed: int, solver: str,
+                 steps: int | None) -> tuple[torch.Tensor, dict, int]:
+    """(samples clipped to [-1, 1], solver description, network calls) of ``sample_digits``."""
+    fn, ts, options, desc = digits_solver(denoiser, solver, steps)
+    x_T = prior_sample(denoiser.schedule, (len(labels), 1, 8, 8), torch.Generator().manual_seed(seed))
+    den = CountingDenoiser(CFGDenoiser(denoiser, guidance) if guidance != 1.0 else denoiser)
     with torch.no_grad():
-        x = sample_ddim(den, x_T, ts, cond={"class_labels": labels})
-    return x.clamp(-1, 1)
+        x = fn(den, x_T, ts, cond={"class_labels": labels}, **options)
+    return x.clamp(-1, 1), desc, den.calls
+
+
+def sample_digits(denoiser: NetworkDenoiser, labels: torch.Tensor, *, guidance: float = 2.0, steps: int | None = None,
+                  seed: int = 0, solver: str = "ddim") -> torch.Tensor:
+    """Class-conditional samples with ``digits_solver(denoiser, solver, steps)`` at CFG scale ``guidance``,
+    x_T from ``seed``, clipped to [-1, 1]. Shapes: labels (N,) -> (N, 1, 8, 8)."""
+    return _draw_digits(denoiser, labels, guidance, seed, solver, steps)[0]
 
 
 def per_pixel_gaussian_baseline(x_train: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -76,13 +117,20 @@ def per_pixel_gaussian_baseline(x_train: torch.Tensor, n: int, seed: int = 0) ->
 
 
 def evaluate_digits(denoiser: NetworkDenoiser, classifier, *, n_per_class: int = 100, guidance: float = 2.0,
-                    steps: int = 50, seed: int = 0) -> tuple[dict, torch.Tensor]:
-    """digits-FD (samples vs test split), class accuracy, and the reference distances."""
+                    steps: int | None = None, seed: int = 0, solver: str = "ddim") -> tuple[dict, torch.Tensor]:
+    """digits-FD (samples vs test split), class accuracy, and the reference distances.
+
+    Samples ``n_per_class`` per class with ``sample_digits`` (``solver``, ``steps``: see ``digits_solver``).
+    The metrics record the sampler as one line (``sampler``) and its parts (``sampler_name``,
+    ``sampler_grid``, ``sampler_steps``, ``sampler_options``) with ``nfe``, the network calls per sample
+    batch (one CFG call evaluates the conditional and null labels together).
+    """
     train = load_dataset("digits", "train")
     test = load_dataset("digits", "test")
     labels = torch.arange(10).repeat_interleave(n_per_class)
     t0 = time.perf_counter()
-    samples = sample_digits(denoiser, labels, guidance=guidance, steps=steps, seed=seed)
+    samples, desc, nfe = _draw_digits(denoiser, labels, guidance, seed, solver, steps)
+    sample_seconds = time.perf_counter() - t0
     metrics = {
         "digits_fd": digits_fd(samples, test.x, classifier=classifier),
         "digits_fd_real": digits_fd(train.x, test.x, classifier=classifier),
@@ -90,13 +138,16 @@ def evaluate_digits(denoiser: NetworkDenoiser, classifier, *, n_per_class: int =
                                         classifier=classifier),
         "class_accuracy": class_accuracy(samples, labels, classifier=classifier),
         "guidance_scale": guidance,
-        "sampler": f"ddim, {steps} steps, trailing",
+        "sampler": f"{desc['sampler']}, {desc['steps']} steps, {desc['grid']}",
+        "sampler_name": desc["sampler"],
+        "sampler_grid": desc["grid"],
+        "sampler_steps": desc["steps"],
+        "sampler_options": desc["options"],
+        "nfe": nfe,
         "num_samples": len(labels),
-        "sample_seconds": time.perf_counter() - t0,
+        "sample_seconds": sample_seconds,
     }
     return metrics, samples
-
-
 
 
 def _dequantise(x: torch.Tensor, seed: int) -> torch.Tensor:
