@@ -181,3 +181,4 @@ def test_train_command_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())
     assert meta["step"] == 4
+    assert proc.stdout.count("trained ") == 1, proc.stdout  # only rank 0 prints the summary

@@ -1,8 +1,10 @@
 """Command line: ``diffusekit demo | train | sample | eval | zoo | bench``.
 
-Every error a user can cause (unknown name, wrong shape, corrupt file, bad option) ends in one line on
-stderr, ``error: <what was wrong and what is allowed>``, and exit status 2; nothing is written before
-the inputs are validated, and every output file is written atomically.
+Every error a user can cause (unknown name, wrong shape, corrupt file, bad option, an output that exists
+or cannot be written) ends in one line on stderr, ``error: <what was wrong and what is allowed>``, and
+exit status 2, before any long work starts; nothing is overwritten without ``--overwrite``, and every
+output file is written atomically. Any other exception is a bug and keeps its traceback; ``--debug``
+shows the traceback for user errors too. Ctrl-C exits 130 and SIGTERM 143 (training saves first).
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import argparse
 import json
 import os
 import sys
+import textwrap
+import traceback
 from pathlib import Path
+
+from .errors import UserError, user_input
 
 EXIT_USAGE = 2
 
 
-class CLIError(ValueError):
-    pass
+class CLIError(UserError):
+    """A bad command-line argument (kept for older imports; any UserError is reported the same way)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,43 +88,123 @@ def cmd_demo(args) -> int:
     return run_demo_from_args(args)
 
 
+DIFFUSERS_GRIDS = ("linspace", "leading", "trailing")
+
+
+def _progress_enabled(args) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _takes(fn, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+def _sampler_options(args, info) -> dict:
+    """Keyword options for the sampler: DEFAULT's for the default sampler, then the flags that apply to it.
+
+    A flag that means nothing for this sampler is refused, never silently dropped."""
+    from .samplers import DEFAULT, SAMPLERS
+
+    opts = dict(DEFAULT["options"]) if info.name == DEFAULT["sampler"] else {}
+    if args.eta is not None:
+        if not _takes(info.fn, "eta"):
+            takers = sorted(n for n, i in SAMPLERS.items() if _takes(i.fn, "eta"))
+            raise CLIError(f"--eta does not apply to sampler {info.name!r}; samplers with an eta: {', '.join(takers)}")
+        opts["eta"] = args.eta
+    return opts
+
+
+def _time_grid(args, denoiser, steps: int):
+    """The user's --grid (with --t-end where the grid has a free end), or the default grid for this model."""
+    from .core import make_grid
+    from .samplers import default_timesteps
+
+    if args.grid is None:
+        if args.t_end is not None:
+            raise CLIError("--t-end sets the end of an explicit --grid (uniform, logsnr, quadratic or karras); "
+                           "the default grid is chosen per model, so pass --grid too")
+        return default_timesteps(denoiser, steps)
+    if args.grid in DIFFUSERS_GRIDS:
+        if args.t_end is not None:
+            raise CLIError(f"--t-end does not apply to the diffusers grid {args.grid!r} (it ends where diffusers "
+                           "ends); use --grid uniform, logsnr, quadratic or karras")
+        return make_grid(args.grid, denoiser.schedule, steps)
+    return make_grid(args.grid, denoiser.schedule, steps, t_end=0.0 if args.t_end is None else args.t_end)
+
+
+def _expected_nfe(info, ts) -> int | None:
+    """Network calls the sampler will make on grid ``ts`` (None when it chooses its own steps)."""
+    nfe = getattr(info, "nfe", None)
+    if callable(nfe):
+        try:
+            return int(nfe(len(ts)))
+        except (TypeError, ValueError):
+            pass
+    return None if info.nfe_per_step is None else info.nfe_per_step * (len(ts) - 1)
+
+
+def _with_progress(denoiser, bar):
+    """The same denoiser, advancing ``bar`` by one per network evaluation."""
+    from .core import Denoiser
+
+    class _Progress(Denoiser):
+        def __init__(self):
+            super().__init__(denoiser.schedule)
+
+        def denoise(self, x, t, **cond):
+            out = denoiser.denoise(x, t, **cond)
+            bar.update(1)
+            return out
+
+    return _Progress()
+
+
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
+    from tqdm import tqdm
 
-    from .core import CFGDenoiser, generators_from_seeds, make_grid, prior_sample
-    from .plotting import atomic_write_bytes, save_image_grid
-    from .samplers import get_sampler
+    from .core import CFGDenoiser, generators_from_seeds, prior_sample
+    from .io import atomic_write_bytes, check_output_file
+    from .plotting import save_image_grid
+    from .samplers import DEFAULT, get_sampler
 
     out = Path(args.out)
     if out.suffix not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png or .npz; got {out.name}")
-    if args.count < 1 or args.steps < 1:
+    check_output_file(out, overwrite=args.overwrite)
+    sampler = args.sampler or DEFAULT["sampler"]
+    steps = DEFAULT["steps"] if args.steps is None else args.steps
+    if args.count < 1 or steps < 1:
         raise CLIError("--count and --steps must be >= 1")
-    info = get_sampler(args.sampler)
-    denoiser = load_denoiser(args.model)
+    with user_input():
+        info = get_sampler(sampler)
+        opts = _sampler_options(args, info)
+        denoiser = load_denoiser(args.model)
+        shape = _sample_shape(denoiser, args)
+        labels = _parse_labels(args.class_label, args.count, denoiser.num_classes)
+        if labels is None and args.guidance != 1.0:
+            raise CLIError(f"--guidance {args.guidance:g} needs a class-conditional model; this one is "
+                           "unconditional (use the default --guidance 1)")
+        ts = _time_grid(args, denoiser, steps)
+        den = CFGDenoiser(denoiser, args.guidance) if labels is not None and args.guidance != 1.0 else denoiser
+    if len(shape) != 3 and out.suffix == ".png":
+        raise CLIError("PNG output needs image samples; use .npz for vectors")
     schedule = denoiser.schedule
-    shape = _sample_shape(denoiser, args)
-    labels = _parse_labels(args.class_label, args.count, denoiser.num_classes)
-    if labels is None and args.guidance != 1.0:
-        raise CLIError(f"--guidance {args.guidance:g} needs a class-conditional model; this one is unconditional "
-                       f"(use the default --guidance 1)")
-    t_end = 0.0 if args.t_end is None else args.t_end
-    grid_opts = {} if args.grid in ("linspace", "leading", "trailing") else {"t_end": t_end}
-    ts = make_grid(args.grid, schedule, args.steps, **grid_opts)
     gens = generators_from_seeds(args.seed, args.count)
     x_T = prior_sample(schedule, (args.count, *shape), gens)
-    den = CFGDenoiser(denoiser, args.guidance) if labels is not None and args.guidance != 1.0 else denoiser
-    opts = {"cond": {"class_labels": labels}} if labels is not None else {}
-    if info.stochastic or args.sampler == "ddim":
+    if labels is not None:
+        opts["cond"] = {"class_labels": labels}
+    if _takes(info.fn, "generator"):
         opts["generator"] = generators_from_seeds(args.seed + 10**6, args.count)
-    if args.sampler == "ddim":
-        opts["eta"] = args.eta
-    with torch.no_grad():
-        x = info.fn(den, x_T, ts, **opts)
+    bar = tqdm(total=_expected_nfe(info, ts), desc=f"sample ({sampler})", unit="NFE", file=sys.stderr,
+               disable=not _progress_enabled(args), dynamic_ncols=True)
+    # the sampler validates its grid and options first: a ValueError from it is about the user's choices
+    with torch.no_grad(), bar, user_input(f"--sampler {sampler}: ", kinds=(ValueError,)):
+        x = info.fn(_with_progress(den, bar), x_T, ts, **opts)
     if out.suffix == ".png":
-        if x.ndim != 4:
-            raise CLIError("PNG output needs image samples; use .npz for vectors")
         save_image_grid(x, out, nrow=min(10, args.count))
     else:
         import io
@@ -129,7 +215,8 @@ def cmd_sample(args) -> int:
             arrays["labels"] = labels.numpy()
         np.savez(buf, **arrays)
         atomic_write_bytes(out, buf.getvalue())
-    print(f"wrote {args.count} samples ({args.sampler}, {args.steps} steps, {args.grid} grid) to {out}")
+    grid = f"{args.grid} grid" if args.grid else "default grid"
+    print(f"wrote {args.count} samples ({sampler}, {steps} steps, {grid}) to {out}")
     return 0
 
 
@@ -153,25 +240,29 @@ def cmd_eval(args) -> int:
 
     from . import zoo
     from .data import load_dataset
+    from .io import atomic_write_json, check_output_file
     from .metrics import class_accuracy, digits_fd, gmm_nll, mmd_rbf, sliced_wasserstein
-    from .plotting import atomic_write_json
 
     path = Path(args.samples)
     if not path.is_file() or path.suffix != ".npz":
         raise CLIError(f"--samples must be an existing .npz file written by `diffusekit sample`; got {path}")
+    if args.out:
+        check_output_file(args.out, overwrite=args.overwrite)
     try:
         with np.load(path, allow_pickle=False) as f:
             samples = torch.from_numpy(f["samples"]).float()
             labels = torch.from_numpy(f["labels"]).long() if "labels" in f else None
     except (KeyError, ValueError, OSError) as err:
         raise CLIError(f"cannot read samples from {path}: {err}") from None
-    ref = load_dataset(args.data, "test")
+    with user_input():
+        ref = load_dataset(args.data, "test")
     if tuple(samples.shape[1:]) != tuple(ref.x.shape[1:]):
         raise CLIError(f"samples have shape {tuple(samples.shape[1:])} per item but {args.data} has "
                        f"{tuple(ref.x.shape[1:])}")
     metrics: dict = {"num_samples": len(samples), "data": args.data}
     if args.data == "digits":
-        clf = zoo.load("digits_classifier")
+        with user_input():
+            clf = zoo.load("digits_classifier")
         metrics["digits_fd"] = digits_fd(samples, ref.x, classifier=clf)
         if labels is not None:
             metrics["class_accuracy"] = class_accuracy(samples, labels, classifier=clf)
@@ -184,14 +275,22 @@ def cmd_eval(args) -> int:
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, metrics)
+        print(f"wrote the metrics to {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_train(args) -> int:
-    from .train_cli import run_train
+    from .train_cli import launch_rank, run_train
+    from .training.trainer import TrainingInterrupted
 
-    result = run_train(args)
-    print(result)
+    try:
+        result = run_train(args)
+    except TrainingInterrupted as stop:
+        if launch_rank() == 0:
+            print(f"interrupted: {stop}; continue with `diffusekit train --out {args.out} --resume`", file=sys.stderr)
+        return stop.exit_code
+    if result is not None:  # only rank 0 reports
+        print(result)
     return 0
 
 
@@ -209,11 +308,15 @@ def cmd_zoo(args) -> int:
         return 0
     if args.zoo_command == "verify":
         for name in zoo.MODELS:
-            zoo.load_state(name)
+            with user_input(kinds=(zoo.ZooError,)):
+                zoo.load_state(name)
             print(f"{name}: sha256 ok")
         return 0
     from .zoo.build import build
 
+    unknown = sorted(set(args.only or ()) - set(zoo.MODELS))
+    if unknown:
+        raise CLIError(f"unknown zoo model {unknown[0]!r}; available: {', '.join(zoo.MODELS)}")
     metas = build(args.only, quick=args.quick, assets_dir=Path(args.assets_dir) if args.assets_dir else zoo.ASSETS_DIR,
                   progress=not args.no_progress)
     for name, meta in metas.items():
@@ -223,75 +326,139 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BENCHES, run_bench
+    from .bench import BENCHES, run_bench, set_progress
 
     if args.name == "list":
         for name, entry in BENCHES.items():
             print(f"{name:20s} {entry.summary}")
         return 0
-    result = run_bench(args.name, out=args.out, quick=args.quick)
+    set_progress(_progress_enabled(args))
+    try:
+        result = run_bench(args.name, out=args.out, quick=args.quick, overwrite=args.overwrite)
+    finally:
+        set_progress(True)
     print(result["summary"])
+    print(f"wrote {Path(args.out) / (args.name + '.json')} and {Path(args.out) / (args.name + '.png')}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` after a flag's help only where X is a real value the help does not already name."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or not action.option_strings
+                or "default" in text or "%(default)" in text):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _common_flags() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback for errors in the input too (bugs always show one)")
+    return common
+
+
+def _names_epilog() -> str:
+    from .core.grids import GRID_NAMES
+    from .data import available_datasets
+    from .samplers import SAMPLERS
+
+    wrap = textwrap.TextWrapper(width=100, initial_indent="  ", subsequent_indent="  ")
+    return "\n".join(["samplers:", wrap.fill(", ".join(sorted(SAMPLERS))), "grids:", wrap.fill(", ".join(GRID_NAMES)),
+                      "datasets:", wrap.fill(", ".join(available_datasets()))])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from .samplers import DEFAULT
+
+    fmt = HelpFormatter
+    common = _common_flags()
+    epilog = _names_epilog()
     p = argparse.ArgumentParser(prog="diffusekit", description="Diffusion models on one small, exact core.",
-                                formatter_class=fmt)
-    sub = p.add_subparsers(dest="command", required=True)
+                                formatter_class=fmt, epilog=epilog)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,sample,eval,zoo,bench}")
 
     d = sub.add_parser("demo", help="train a class-conditional digits model from scratch and evaluate it",
-                       formatter_class=fmt)
+                       formatter_class=fmt, parents=[common])
     from .demo import add_demo_arguments
 
     add_demo_arguments(d)
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a diffusion model from a YAML config or flags", formatter_class=fmt)
+    t = sub.add_parser("train", help="train a diffusion model from a YAML config or flags", formatter_class=fmt,
+                       parents=[common], epilog=epilog)
     from .train_cli import add_train_arguments
 
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="sample a checkpoint or zoo model", formatter_class=fmt)
-    s.add_argument("--model", required=True, help="checkpoint folder or zoo:NAME")
-    s.add_argument("--sampler", default="ddim")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--grid", default="trailing", help="uniform, logsnr, quadratic, karras, linspace, leading, trailing")
-    s.add_argument("--t-end", type=float, default=None, help="final time of non-diffusers grids (default 0: clean)")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    s = sub.add_parser("sample", help="sample a checkpoint or zoo model", formatter_class=fmt, parents=[common],
+                       epilog=epilog)
+    s.add_argument("--model", required=True, help="checkpoint folder (from `diffusekit train`) or zoo:NAME")
+    s.add_argument("--sampler", default=None, help=f"registered sampler, see the list below (default: "
+                   f"{DEFAULT['sampler']}, with its default options)")
+    s.add_argument("--steps", type=int, default=None, help=f"sampler steps (default: {DEFAULT['steps']})")
+    s.add_argument("--grid", default=None, help="time grid, see the list below (default: the default sampler's "
+                   f"grid for this model, {DEFAULT['grid']} or a searched one)")
+    s.add_argument("--t-end", type=float, default=None,
+                   help="final time of a uniform/logsnr/quadratic/karras --grid (default: 0, clean data)")
+    s.add_argument("--eta", type=float, default=None,
+                   help="noise level of samplers that take an eta (ddim, euler_ancestral, sde_dpm_solver_pp_2m; "
+                        "default: the sampler's own)")
     s.add_argument("--seed", type=int, default=0, help="base seed; sample i uses seed + i")
-    s.add_argument("--count", type=int, default=100)
-    s.add_argument("--class-label", default=None, help="an integer class, or 'all' to cycle through classes")
+    s.add_argument("--count", type=int, default=100, help="number of samples")
+    s.add_argument("--class-label", default=None,
+                   help="an integer class, or 'all' to cycle through the classes (default: all, for conditional "
+                        "models)")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    s.add_argument("--size", type=int, default=None, help="image side length for image models")
+    s.add_argument("--size", type=int, default=None,
+                   help="image side length (default: the model's own, when its config records one)")
     s.add_argument("--out", required=True, help="output .png (image grid) or .npz (arrays)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("eval", help="metrics of saved samples against a dataset's test split", formatter_class=fmt)
+    e = sub.add_parser("eval", help="metrics of saved samples against a dataset's test split", formatter_class=fmt,
+                       parents=[common], epilog=epilog)
     e.add_argument("--samples", required=True, help=".npz written by `diffusekit sample`")
-    e.add_argument("--data", required=True, help="dataset name (digits, gmm_ring8, moons, ...)")
-    e.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    e.add_argument("--data", required=True, help="dataset name, see the list below")
+    e.add_argument("--out", default=None, help="also write the metrics as JSON here (default: only print them)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_eval)
 
     z = sub.add_parser("zoo", help="shipped model assets", formatter_class=fmt)
     zsub = z.add_subparsers(dest="zoo_command", required=True)
-    zb = zsub.add_parser("build", help="retrain and write the assets", formatter_class=fmt)
+    zb = zsub.add_parser("build", help="retrain and write the assets", formatter_class=fmt, parents=[common])
     zb.add_argument("--only", nargs="*", default=None, help="asset names (default: all)")
     zb.add_argument("--quick", action="store_true", help="tiny budgets (smoke test), not for shipping")
     zb.add_argument("--assets-dir", default=None, help="where to write (default: the package's assets folder)")
-    zb.add_argument("--no-progress", action="store_true")
-    zsub.add_parser("list", help="list assets with sizes and hashes")
-    zsub.add_parser("verify", help="check every asset's sha256 against its manifest")
+    zb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    zsub.add_parser("list", help="list assets with sizes and hashes", formatter_class=fmt, parents=[common])
+    zsub.add_parser("verify", help="check every asset's sha256 against its manifest", formatter_class=fmt,
+                    parents=[common])
     z.set_defaults(func=cmd_zoo)
 
-    b = sub.add_parser("bench", help="run a reproduction benchmark ('list' to see them)", formatter_class=fmt)
-    b.add_argument("name")
+    b = sub.add_parser("bench", help="run a reproduction benchmark ('list' to see them)", formatter_class=fmt,
+                       parents=[common])
+    b.add_argument("name", help="bench name, or 'list'")
     b.add_argument("--out", default="bench_out", help="writes OUT/NAME.json and OUT/NAME.png")
     b.add_argument("--quick", action="store_true", help="same code path at tiny sizes (under a minute)")
+    b.add_argument("--overwrite", action="store_true", help="replace OUT/NAME.json and OUT/NAME.png if they exist")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _report(err: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(err)
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv=None) -> int:
@@ -305,10 +472,8 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDivergedError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UserError, TrainingDivergedError) as err:  # anything else is a bug: its traceback is shown
+        return _report(err, getattr(args, "debug", False))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -119,13 +119,13 @@ def sweep_temp_files(folder: str | os.PathLike, names) -> list[Path]:
 # ------------------------------------------------------------------------ output locations, checked first
 
 
-def _writable_folder(folder: Path, what: str) -> None:
+def _writable_folder(folder: Path, what: str, path: Path) -> None:
     from .errors import UserError
 
     if not folder.is_dir():
-        raise UserError(f"{what}: {folder} is not a folder")
+        raise UserError(f"{what} {path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{what}: folder {folder} is not writable")
+        raise UserError(f"{what} {path}: folder {folder} is not writable")
 
 
 def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, what: str = "--out") -> Path:
@@ -144,7 +144,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, what:
     parent = path.parent
     if not parent.exists():
         raise UserError(f"{what} {path}: folder {parent} does not exist; create it first")
-    _writable_folder(parent, what)
+    _writable_folder(parent, what, path)
     return path
 
 
@@ -159,12 +159,12 @@ def check_output_dir(path: str | os.PathLike, *, what: str = "--out") -> Path:
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{what} {path} exists and is not a folder")
-        _writable_folder(path, what)
+        _writable_folder(path, what, path)
         return path
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UserError(f"{what} {path}: {ancestor} is a file, not a folder")
-    _writable_folder(ancestor, what)
+    _writable_folder(ancestor, what, path)
     return path
