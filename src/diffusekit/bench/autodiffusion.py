@@ -1,12 +1,16 @@
-"""AutoDiffusion (Li et al. 2023, arXiv 2309.10438): searched time grids vs standard grids at equal NFE.
+"""AutoDiffusion (Li et al. 2023, arXiv 2309.10438) with the trajectory-error objective: searched time grids
+vs every fixed grid at equal NFE, on held-out noise. ``diffusekit bench autodiffusion [--quick]``.
 
-(a) Exact GMM denoisers (8-mode ring, 8-D anisotropic mixture) under the discrete linear VP schedule
-(1000 steps), for DDIM and DPM-Solver++(2M): the evolutionary search minimises the sliced Wasserstein
-distance of samples from a fixed x_T to fixed true samples; every grid is then scored on *held-out* x_T
-and true samples (another seed, more samples). With the exact denoiser all error is solver error.
-(b) The zoo digits model (class-conditional eps UNet, CFG 2, DDIM), if built: the search minimises
-digits-FD against the train split; held-out digits-FD uses other seeds against the test split.
-All grids start at t_max and end at t = 0 (clean data); NFE = steps for both solvers.
+Exact Gaussian-mixture denoisers (``bench._mixtures``: ring2d and stiff16d; quick: ring2d) on the discrete
+linear VP schedule (1000 steps), for DDIM and the default sampler (UniPC bh2, order 3; quick: DDIM). The
+evolutionary search (``methods.autodiffusion.search_timesteps``, integer-timestep pool) minimises the
+data-free trajectory error on a tuning set of x_T (seed 0): the distance at t = 0 to a fine solve of the
+PF-ODE from the same x_T by the same sampler (400 steps). Every grid is then scored on a held-out set of
+x_T (seed 1, disjoint, 4x larger) against scipy's DOP853 reference (``_mixtures.reference_solution``),
+independent of both. Compared: the searched grid, every fixed grid (uniform, logsnr, quadratic, karras,
+linspace, leading, trailing; all seeds of the search) and the default's searched grid family
+(``samplers.defaults.search_grid``, same tuning set). With the exact denoiser all error is solver error.
+All grids start at t_max (leading: diffusers' first timestep) and end at t = 0; NFE = steps for both.
 """
 
 from __future__ import annotations
@@ -15,58 +19,72 @@ import time
 
 import torch
 
-from ..core import VPDiscrete, make_grid
-from ..data import aniso8d_mixture, ring8_mixture
-from ..methods.autodiffusion import SEED_GRIDS, EvolutionConfig, digits_fitness, gmm_fitness, search_timesteps
-from ..metrics import sliced_wasserstein
+from ..core import VPDiscrete, prior_sample
+from ..methods.autodiffusion import EvolutionConfig, gmm_fitness, search_timesteps
+from ..samplers import get_sampler
+from ..samplers.defaults import TrajectoryFitness, fixed_grids, search_grid
 from . import register_bench
-
-GRID_TYPES = ("searched", *SEED_GRIDS)
-
-
-def _compare(fitness_search, fitness_held_out, schedule, nfe, config):
-    res = search_timesteps(fitness_search, schedule, nfe, config=config)
-    held = {"searched": fitness_held_out(res.ts)}
-    for name in SEED_GRIDS:
-        held[name] = fitness_held_out(make_grid(name, schedule, nfe, t_end=0.0))
-    return {"held_out": held, "search_fitness": res.fitness, "search_seed_fitness": res.seed_fitness,
-            "search_seconds": res.seconds, "evaluations": res.evaluations, "ts": res.ts.tolist()}
+from ._mixtures import MIXTURES, reference_solution
 
 
-def _gmm_part(quick, schedule, nfes):
-    solvers = ("ddim",) if quick else ("ddim", "dpm_solver_pp_2m")
-    n_search, n_eval = (300, 1000) if quick else (1000, 4000)
-    config = EvolutionConfig(population=10, parents=3, mutations=4, crossovers=3, generations=3) if quick else \
+def _held_out_error(mixture, schedule, sampler, n):
+    x_T = prior_sample(schedule, (n, mixture.dim), torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = reference_solution(mixture, schedule, x_T)
+    fn = get_sampler(sampler).fn
+    den = mixture.denoiser(schedule)
+
+    def error(ts):
+        with torch.no_grad():
+            return float((fn(den, x_T.clone(), ts) - ref).norm(dim=1).mean())
+
+    return error
+
+
+def _run(quick: bool):
+    t0 = time.perf_counter()
+    schedule = VPDiscrete.named("linear")
+    nfes = [5] if quick else [5, 10, 20]
+    problems = ("ring2d",) if quick else ("ring2d", "stiff16d")
+    solvers = ("ddim",) if quick else ("ddim", "unipc_bh2_3")
+    n_tune, n_held = (32, 128) if quick else (64, 256)
+    config = EvolutionConfig(population=10, parents=3, mutations=4, crossovers=3, generations=4) if quick else \
         EvolutionConfig(population=20, parents=5, mutations=8, crossovers=6, generations=10)
-    out = {}
-    for pname, mixture in (("gmm_ring8", ring8_mixture()), ("gmm_aniso8d", aniso8d_mixture())):
-        floor = sliced_wasserstein(mixture.sample(n_eval, torch.Generator().manual_seed(7)),
-                                   mixture.sample(n_eval, torch.Generator().manual_seed(101)),
-                                   generator=torch.Generator().manual_seed(102))
+    table = {}
+    for pname in problems:
+        mixture = MIXTURES[pname]()
         for solver in solvers:
-            search = gmm_fitness(mixture, schedule, n=n_search, sampler=solver, seed=0)
-            held_out = gmm_fitness(mixture, schedule, n=n_eval, sampler=solver, seed=100, n_projections=256)
-            rows = {str(k): _compare(search, held_out, schedule, k, config) for k in nfes}
-            out[f"{pname}/{solver}"] = {"metric": "sliced_wasserstein", "floor_true_vs_true": floor, "nfe": rows}
-    return out
-
-
-def _digits_part(quick, nfes):
-    from ..data import load_dataset
-    from ..zoo import ZooError, load
-
-    try:
-        model, classifier = load("digits_unet"), load("digits_classifier")
-    except ZooError as err:
-        return None, f"digits skipped: {err}"
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    nfes = nfes[:1] if quick else nfes
-    config = EvolutionConfig(population=6, parents=2, mutations=2, crossovers=2, generations=1) if quick else \
-        EvolutionConfig(population=10, parents=4, mutations=4, crossovers=3, generations=4)
-    search = digits_fitness(model, classifier, train.x, n_per_class=5 if quick else 15, seed=0)
-    held_out = digits_fitness(model, classifier, test.x, n_per_class=10 if quick else 36, seed=100)
-    rows = {str(k): _compare(search, held_out, model.schedule, k, config) for k in nfes}
-    return {"digits/ddim": {"metric": "digits_fd", "floor_true_vs_true": None, "nfe": rows}}, None
+            tune = gmm_fitness(mixture, schedule, n=n_tune, sampler=solver, seed=0)  # trajectory error
+            held = _held_out_error(mixture, schedule, solver, n_held)
+            rows = {}
+            for k in nfes:
+                res = search_timesteps(tune, schedule, k, config=config)
+                fam_fit = TrajectoryFitness(tune.denoiser, tune.x_T, sampler=solver, options={},
+                                            reference=tune.reference)
+                fam = search_grid(fam_fit, schedule, k)
+                held_fixed = {name: held(ts) for name, ts in fixed_grids(schedule, k).items()}
+                best_fixed = min(held_fixed, key=held_fixed.get)
+                searched = held(res.ts)
+                rows[str(k)] = {"held_out": {"searched": searched, "default_family_search": held(fam.ts),
+                                             **held_fixed},
+                                "best_fixed": best_fixed,
+                                "searched_over_best_fixed": searched / held_fixed[best_fixed],
+                                "search_fitness": res.fitness, "search_source": res.source,
+                                "search_seed_fitness": res.seed_fitness, "search_seconds": res.seconds,
+                                "evaluations": res.evaluations, "ts": res.ts.tolist(),
+                                "default_family": {"fitness": fam.fitness, "seconds": fam.seconds,
+                                                   "evaluations": fam.evaluations, "source": fam.source}}
+            table[f"{pname}/{solver}"] = {"metric": "mean |x - x_ref| at t = 0, held-out x_T (seed 1)",
+                                          "n_tune": n_tune, "n_held_out": n_held, "nfe": rows}
+    parts = []
+    for name, entry in table.items():
+        cells = [f"NFE {k} {r['held_out']['searched']:.3g} vs {r['held_out'][r['best_fixed']]:.3g} "
+                 f"({r['best_fixed']}; x{r['searched_over_best_fixed']:.2f})" for k, r in entry["nfe"].items()]
+        cost = sum(r["search_seconds"] for r in entry["nfe"].values())
+        parts.append(f"{name} held-out error searched vs best fixed grid: " + ", ".join(cells)
+                     + f"; search {cost:.1f}s")
+    return {"nfe": nfes, "schedule": "vp_discrete linear 1000", "grid_end": "t = 0", "objective": "trajectory",
+            "tune_seed": 0, "held_out_seed": 1, "problems": table, "total_seconds": time.perf_counter() - t0,
+            "summary": "; ".join(parts)}, _figure(table)
 
 
 def _figure(table):
@@ -75,48 +93,25 @@ def _figure(table):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table), figsize=(3.6 * len(table), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
     for ax, (name, entry) in zip(axes[0], table.items()):
         ks = [int(k) for k in entry["nfe"]]
-        for grid in GRID_TYPES:
+        grids = list(next(iter(entry["nfe"].values()))["held_out"])
+        for grid in grids:
+            main = grid in ("searched", "default_family_search")
             ax.plot(ks, [entry["nfe"][str(k)]["held_out"][grid] for k in ks], marker="o", label=grid,
-                    lw=2.2 if grid == "searched" else 1.2)
-        if entry["floor_true_vs_true"] is not None:
-            ax.axhline(entry["floor_true_vs_true"], color="grey", ls="--", lw=1, label="true vs true")
+                    lw=2.2 if main else 0.9, alpha=1.0 if main else 0.6)
         ax.set_yscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
         ax.set_xlabel("NFE")
-        ax.set_ylabel(f"held-out {entry['metric']}")
+        ax.set_ylabel("held-out error to the DOP853 reference")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
 
-def _run(quick: bool):
-    t0 = time.perf_counter()
-    schedule = VPDiscrete.named("linear")
-    nfes = [4] if quick else [4, 5, 6]
-    table = _gmm_part(quick, schedule, nfes)
-    digits, note = _digits_part(quick, nfes)
-    table.update(digits or {})
-    parts = []
-    for name, entry in table.items():
-        cells = []
-        for k, row in entry["nfe"].items():
-            best = min(SEED_GRIDS, key=lambda g: row["held_out"][g])
-            cells.append(f"NFE {k} {row['held_out']['searched']:.3f} vs {row['held_out'][best]:.3f} ({best})")
-        cost = sum(row["search_seconds"] for row in entry["nfe"].values())
-        parts.append(f"{name} held-out {entry['metric']} searched vs best standard grid: " + ", ".join(cells)
-                     + f"; search {cost:.1f}s")
-    if note:
-        parts.append(note)
-    summary = "; ".join(parts)
-    return {"nfe": nfes, "schedule": "vp_discrete linear 1000", "grid_end": "t = 0", "grid_types": list(GRID_TYPES),
-            "problems": table, "digits_note": note, "total_seconds": time.perf_counter() - t0,
-            "summary": summary}, _figure(table)
-
-
-register_bench("autodiffusion", "AutoDiffusion evolutionary time-step search vs uniform/logSNR/Karras grids")(_run)
+register_bench("autodiffusion", "AutoDiffusion time-step search (trajectory objective) vs every fixed grid, "
+                                "held-out noise")(_run)

@@ -20,8 +20,9 @@ sampler's output on a candidate grid and a fine reference solution of the probab
 same prior noise x_T (``REFERENCE_STEPS`` steps of the same solver on a fine grid that mixes uniform-t and
 uniform-lam points). Candidates: every fixed grid of ``make_grid`` that applies (uniform, logsnr,
 quadratic, karras, diffusers' spacings on a discrete schedule) and the family, searched by a coarse
-scan over (beta, start, end) followed by Nelder-Mead; the best candidate is kept, so the searched grid is
-never worse than the best fixed grid on the tuning noise.
+scan over (beta, start, end) followed by Nelder-Mead, then (up to 20 steps) every point moved freely;
+the best candidate is kept, so the searched grid is never worse than the best fixed grid on the tuning
+noise.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ S_TOP = math.exp(5.1)  # the warp starts at most here (DPM-Solver's lam >= -5.1)
 REFERENCE_STEPS = 400
 FIXED_SEEDS = ("uniform", "logsnr", "quadratic", "karras", "linspace", "leading", "trailing")
 BETA_RANGE, START_RANGE, END_RANGE = (-1.0, 2.0), (0.3, 1.0), (0.0, 0.6)
+REFINE_MAX_STEPS = 20  # per-point refinement up to this many steps (beyond, the family alone is within ~1.3x)
 GRID_FILE = "default_grids.json"
 GRID_FILE_FORMAT = "diffusekit.default_grids"
 
@@ -202,13 +204,35 @@ def _clip(p):
             min(max(e, END_RANGE[0]), END_RANGE[1]))
 
 
-def search_grid(fitness, schedule, steps: int, *, refine_evals: int = 60) -> GridSearchResult:
-    """Minimise ``fitness(ts)`` over the fixed grids and the warped family at ``steps`` steps.
+def _log_s_bounds(schedule) -> tuple[float, float]:
+    s_top = min(float(schedule.sigma_tilde(schedule.t_max)), S_TOP)
+    return math.log(float(schedule.sigma_tilde(schedule.t_min))), math.log(s_top)
 
-    Coarse scan: beta in {-1, -0.5, 0, 1/7, 0.5, 1, 2} x start in {1, 0.85, 0.75, 0.6} x end in
-    {0, 0.1, 0.2, 0.3};
-    then Nelder-Mead (scipy) from the best family member for ``refine_evals`` evaluations. Every distinct
-    grid is evaluated once. Deterministic for a deterministic ``fitness``.
+
+def _grid_of_log_s(schedule, log_s) -> torch.Tensor:
+    """[t_max, points at these log s (sorted, clamped to the model's range), 0]."""
+    lo, hi = _log_s_bounds(schedule)
+    v = torch.as_tensor(sorted((float(x) for x in log_s), reverse=True), dtype=torch.float64).clamp(lo, hi)
+    inner = schedule.t_of_sigma_tilde(v.exp()).clamp(schedule.t_min, schedule.t_max)
+    ts = torch.cat([torch.tensor([schedule.t_max], dtype=torch.float64), inner, torch.zeros(1, dtype=torch.float64)])
+    for i in range(1, len(ts) - 1):
+        if ts[i] >= ts[i - 1]:
+            ts[i] = ts[i - 1] * (1 - 1e-9)
+    return ts
+
+
+def search_grid(fitness, schedule, steps: int, *, refine_evals: int = 60) -> GridSearchResult:
+    """Minimise ``fitness(ts)`` over the fixed grids and the warped family at ``steps`` steps, then refine.
+
+    1. every fixed grid (``fixed_grids``);
+    2. coarse scan of the family: beta in {-1, -0.5, 0, 1/7, 0.5, 1, 2} x start in {1, 0.85, 0.75, 0.6} x
+       end in {0, 0.1, 0.2, 0.3}, then Nelder-Mead (scipy) from the best member for ``refine_evals``
+       evaluations;
+    3. for 2 <= steps <= REFINE_MAX_STEPS: every interior point free, in log s, by adaptive Nelder-Mead
+       from the best grid so far for 40 (steps - 1) evaluations.
+
+    The best candidate is returned, so the result is never worse than the best fixed grid on the tuning
+    noise. Deterministic for a deterministic ``fitness``.
     """
     from scipy.optimize import minimize
 
@@ -227,6 +251,8 @@ def search_grid(fitness, schedule, steps: int, *, refine_evals: int = 60) -> Gri
                 family[p] = math.inf
         return family[p]
 
+    evaluations = len(fixed)
+    cands = [(f, name, None, None) for name, f in fixed.items()]
     if steps > 1:
         for beta in (-1.0, -0.5, 0.0, 1 / 7, 0.5, 1.0, 2.0):
             for start in (1.0, 0.85, 0.75, 0.6):
@@ -239,16 +265,20 @@ def search_grid(fitness, schedule, steps: int, *, refine_evals: int = 60) -> Gri
             minimize(family_fit, best, method="Nelder-Mead",
                      options={"initial_simplex": [_clip(p) for p in simplex], "maxfev": refine_evals,
                               "xatol": 1e-3, "fatol": 0.0})
-    cands = [(f, name, None) for name, f in fixed.items()]
-    cands += [(f, "searched", p) for p, f in family.items()]
-    f, source, p = min(cands, key=lambda c: (c[0], c[1] != "searched"))
-    if p is None:
-        ts = fixed_grids(schedule, steps)[source]
-        params = None
-    else:
-        ts = grid_warped(schedule, steps, beta=p[0], start=p[1], end=p[2])
-        params = {"beta": p[0], "start": p[1], "end": p[2]}
-    return GridSearchResult(ts, source, f, params, fixed, len(fixed) + len(family), time.perf_counter() - t0)
+        evaluations += len(family)
+        for p, f in family.items():
+            cands.append((f, "searched", {"beta": p[0], "start": p[1], "end": p[2]}, None))
+    f, source, params, _ = min(cands, key=lambda c: (c[0], c[1] != "searched"))
+    ts = fixed_grids(schedule, steps)[source] if params is None else grid_warped(schedule, steps, **params)
+    if 2 <= steps <= REFINE_MAX_STEPS:
+        start = schedule.sigma_tilde(ts[1:-1]).log().tolist()
+        result = minimize(lambda v: fitness(_grid_of_log_s(schedule, v)), start, method="Nelder-Mead",
+                          options={"maxfev": 40 * (steps - 1), "xatol": 1e-4, "fatol": 0.0, "adaptive": True})
+        evaluations += int(result.nfev)
+        if math.isfinite(result.fun) and result.fun < f:
+            f, source, ts = float(result.fun), "searched", _grid_of_log_s(schedule, result.x)
+            params = {**(params or {}), "points_refined": True}
+    return GridSearchResult(ts, source, f, params, fixed, evaluations, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------------
