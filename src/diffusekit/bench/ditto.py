@@ -23,7 +23,7 @@ from ..core import prior_sample
 from ..methods.ditto import class_loss, decode, intensity_loss, measurement_loss, optimize_noise
 from ..methods.inverse.operators import inpaint_box, super_resolution
 from ..metrics import judge_accuracy
-from . import register_bench
+from . import bench_progress, register_bench
 
 
 def _psnr(mse: torch.Tensor) -> float:
@@ -78,9 +78,11 @@ def _run(quick: bool):
     methods = {"baseline": None, f"ditto_full_{decode_steps}step": decode_steps,
                "ditto2_surrogate_1step": 1, "ditto2_surrogate_2step": 2}
     table, examples = {}, {}
+    runs = bench_progress(desc="ditto: target x method", total=len(targets) * len(methods))
     for tname, (loss_fn, metrics) in targets.items():
         table[tname] = {}
         for mname, opt_steps in methods.items():
+            runs.update()
             t0 = time.perf_counter()
             if opt_steps is None:
                 x_opt, hist = x_T, None
@@ -97,6 +99,7 @@ def _run(quick: bool):
                 row["optimiser_nfe"] = iters * hist["nfe_per_iter"]
             table[tname][mname] = row
             examples[(tname, mname)] = x0[:8].clamp(-1, 1)
+    runs.close()
 
     names = list(methods)
     fig, axes = plt.subplots(2, len(targets) + 1, figsize=(4 * (len(targets) + 1), 7),

@@ -19,7 +19,7 @@ import torch
 from ..data import load_dataset
 from ..methods.find import FINDConfig, class_prob_reward, ddim_decoder, evaluate_policy, mode_hit_reward, train_find
 from ..metrics import digits_fd, judge_accuracy
-from . import register_bench
+from . import bench_progress, register_bench
 
 VARIANTS = {"find": {}, "no_baseline": {"baseline": "none"}, "no_clip": {"clip": "none"}}
 DIGITS_TARGET = 2
@@ -35,7 +35,7 @@ def _pairwise_diversity(x: torch.Tensor) -> float:
 def _run_problem(decode, reward, shape, cfg_kw, n_eval):
     base, x_base = evaluate_policy(None, decode, reward, n=n_eval, seed=1, shape=shape)
     rows, samples = {}, {"n01": x_base}
-    for name, kw in VARIANTS.items():
+    for name, kw in bench_progress(VARIANTS.items(), desc="find: variants", total=len(VARIANTS)):
         t0 = time.perf_counter()
         policy, hist = train_find(decode, reward, shape, FINDConfig(**cfg_kw, **kw))
         hit, x = evaluate_policy(policy, decode, reward, n=n_eval, seed=1)

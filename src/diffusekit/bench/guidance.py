@@ -31,7 +31,7 @@ from ..methods.classifier_guidance import (ClassifierGuidedDenoiser, UniversalGu
 from ..methods.guidance import GuidedDenoiser
 from ..metrics import class_accuracy, digits_fd, judge_accuracy
 from ..samplers import sample_ddim
-from . import register_bench
+from . import bench_progress, register_bench
 
 
 def _diversity(x: torch.Tensor, labels: torch.Tensor) -> float:
@@ -80,29 +80,36 @@ def _run(quick: bool):
         with torch.no_grad():
             return sample_ddim(d, x_T, ts, cond=cond)
 
+    n_runs = len(phis) * len(scales) + 1 + sum(map(len, grad_scales.values()))  # samplings + classifier training
+    runs = bench_progress(desc="guidance: runs", total=n_runs)
     cfg, examples = {}, {}
     for phi in phis:
         cfg[str(phi)] = {}
         for w in scales:
+            runs.update()
             x = sample(GuidedDenoiser(den, float(w), rescale=phi), class_labels=labels)
             cfg[str(phi)][str(w)] = _metrics(x, labels, clf, test.x)
             examples[(phi, w)] = x[::n_per_class].clamp(-1, 1)
 
+    runs.update()
     t0 = time.perf_counter()
     noisy_clf = train_noisy_classifier(den.schedule, train.x, train.y, steps=clf_steps, seed=0)
     clf_seconds = time.perf_counter() - t0
     grad = {"classifier": {}, "universal": {}, "universal_eps": {}}
     for s in grad_scales["classifier"]:
+        runs.update()
         x = sample(ClassifierGuidedDenoiser(den, noisy_clf, float(s)), class_labels=null, guidance_labels=labels)
         grad["classifier"][str(s)] = _metrics(x, labels, clf, test.x)
         examples[("classifier", s)] = x[::n_per_class].clamp(-1, 1)
     objective = classifier_log_prob(clf)
     for kind, hook in (("universal", "x0"), ("universal_eps", "eps")):
         for s in grad_scales[kind]:
+            runs.update()
             x = sample(UniversalGuidedDenoiser(den, objective, float(s), hook=hook), class_labels=null,
                        guidance_labels=labels)
             grad[kind][str(s)] = _metrics(x, labels, clf, test.x)
             examples[(kind, s)] = x[::n_per_class].clamp(-1, 1)
+    runs.close()
 
     fig = plt.figure(figsize=(16, 9))
     grid = fig.add_gridspec(2, 5)

@@ -24,7 +24,7 @@ from ..methods.obc import decode_with_boundary, select_boundary_condition, sr_wi
 from ..methods.resshift import sr_pairs, train_ddpm_sr
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
-from . import register_bench
+from . import bench_progress, register_bench
 from ._images import SR_TRAIN_PATCHES, SR_TRAIN_PATCHES_QUICK, sr_images
 
 METHODS = ("random", "zero", "obc", "oracle")
@@ -63,7 +63,7 @@ def _run_dataset(name: str, quick: bool, n_show: int):
     ref_hr, ref_lr = x[:n_ref], y[:n_ref]
 
     table, selection, rows = {}, {}, {"truth": x_test[:n_show], "lr_up": yt[:n_show]}
-    for steps in steps_list:
+    for steps in bench_progress(steps_list, desc=f"obc {name}: step counts"):
         t0 = time.perf_counter()
         best, scores = select_boundary_condition(den, cands, ref_hr, ref_lr, ts=steps)
         sel_s = time.perf_counter() - t0
@@ -114,7 +114,7 @@ def _run(quick: bool):
     n_show = 6
     fig, axes = plt.subplots(2, 2, figsize=(11, 10))
     results, summaries = {}, []
-    for d, name in enumerate(DATASETS):
+    for d, name in enumerate(bench_progress(DATASETS, desc="obc: datasets")):
         results[name], rows, side = _run_dataset(name, quick, n_show)
         table = results[name]["table"]
         ax = axes[d, 0]

@@ -23,7 +23,7 @@ from ..core import VPDiscrete
 from ..methods.resshift import ResShift, sample_ddpm_sr, sr_pairs, train_ddpm_sr, train_resshift
 from ..metrics import psnr, ssim
 from ..plotting import grouped_psnr_bars
-from . import register_bench
+from . import bench_progress, register_bench
 from ._images import SR_TRAIN_PATCHES_QUICK, sr_images
 
 TASKS = {"sr2": 2, "sr4": 4}
@@ -41,7 +41,7 @@ def _run_dataset(name: str, quick: bool, train_steps: int, n_show: int):
     else:
         x_train, x_test = sr_images(name, n_test=None)
     table, shown, train_info = {}, {}, {}
-    for k, (task, factor) in enumerate(TASKS.items()):
+    for k, (task, factor) in enumerate(bench_progress(TASKS.items(), desc=f"resshift {name}: tasks", total=len(TASKS))):
         x, y = sr_pairs(x_train, factor)
         _, yt = sr_pairs(x_test, factor)
         rs = ResShift(4, **RESSHIFT_OPTIONS)
@@ -84,7 +84,7 @@ def _run(quick: bool):
     n_show = 6
     fig, axes = plt.subplots(2, 3, figsize=(13, 10))
     results, summaries = {}, []
-    for d, name in enumerate(DATASETS):
+    for d, name in enumerate(bench_progress(DATASETS, desc="resshift: datasets")):
         results[name], shown, side = _run_dataset(name, quick, train_steps[name], n_show)
         table = results[name]["table"]
         for ax, (task, rows) in zip(axes[d], shown.items()):
