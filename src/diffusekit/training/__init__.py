@@ -1,7 +1,7 @@
 """Training: per-example diffusion losses, a generic exact-resume trainer, safe checkpoints, DDP helpers.
 
-Modules: ``config`` (TrainConfig), ``trainer`` (the loop, signals), ``state`` (save / resume of a trainer),
-``checkpoint`` (the safetensors + JSON file format), ``losses``, ``distributed``.
+Modules: ``config`` (TrainConfig), ``trainer`` (the loop), ``interrupt`` (SIGINT/SIGTERM), ``state`` (save /
+resume of a trainer), ``checkpoint`` (the safetensors + JSON file format), ``losses``, ``distributed``.
 """
 
 from . import distributed

@@ -42,7 +42,7 @@ finish the current step, write a checkpoint and raise :class:`TrainingInterrupte
 checkpoint). Under DDP every rank stops at the same step.
 
 Layout: :mod:`.config` (``TrainConfig``), :mod:`.state` (what a checkpoint of the trainer holds:
-save / resume), this module (the loop).
+save / resume), :mod:`.interrupt` (SIGINT/SIGTERM), this module (the loop).
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -65,6 +64,7 @@ from tqdm import tqdm
 from ..io import atomic_write_text
 from . import distributed as dist_utils
 from .config import TrainConfig
+from .interrupt import SignalStop, TrainingInterrupted
 from .state import LOG_FILE, derive_seed, restore_trainer, save_trainer, sweep_orphans
 
 __all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingInterrupted"]
@@ -72,28 +72,8 @@ __all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError", "Train
 LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module, int], Mapping[str, float]]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 class TrainingDivergedError(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; no checkpoint was written for that step."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped :meth:`Trainer.fit` at a step boundary.
-
-    ``signum``: the signal; ``exit_code``: ``128 + signum`` (the shell's convention: 130 for Ctrl-C, 143
-    for SIGTERM); ``step``: the last completed step; ``saved_to``: the checkpoint folder holding that step
-    (None when the trainer has no ``out_dir``). A KeyboardInterrupt, so code that handles Ctrl-C still does.
-    """
-
-    def __init__(self, signum: int, step: int, saved_to: Path | None):
-        self.signum = int(signum)
-        self.exit_code = 128 + self.signum
-        self.step = step
-        self.saved_to = saved_to
-        where = f"checkpoint of step {step} saved in {saved_to}" if saved_to is not None else "nothing saved"
-        super().__init__(f"{signal.Signals(self.signum).name} at step {step}; {where}")
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -217,7 +197,7 @@ class Trainer:
         self._train_seconds = 0.0  # wall-clock of completed fit() calls (across resumes)
         self._fit_start: float | None = None
         self._last_saved_step: int | None = None
-        self._stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler during fit()
+        self._stop = SignalStop()  # set by SIGINT/SIGTERM during fit()
 
     # ------------------------------------------------------------------ schedule / data
 
@@ -365,7 +345,6 @@ class Trainer:
         cfg = self.config
         start_step = self.step
         self.stopped_early = False
-        self._stop_signal = None
         if self.step >= cfg.steps:
             return self._history(start_step, 0.0)
         if self.out_dir is not None and self.is_main:
@@ -381,7 +360,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, file=sys.stderr,
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         interrupted: int | None = None
-        with self._stop_on_signals():
+        # with an out_dir, SIGINT/SIGTERM stop after the current step, once it is checkpointed
+        with self._stop.catching() if self.out_dir is not None else nullcontext():
             try:
                 while self.step < cfg.steps:
                     lr = self._train_step(interval_loss, interval_gn)
@@ -400,7 +380,7 @@ class Trainer:
                         self.stopped_early = True
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not self.stopped_early:
                         self.save()
-                    interrupted = self._agreed_stop_signal()
+                    interrupted = self._stop.agreed(self.distributed)
                     if self.stopped_early or (interrupted is not None and step < cfg.steps):
                         break
             finally:
@@ -461,41 +441,6 @@ class Trainer:
         if self._last_saved_step is None:
             return "stopped before the update; no checkpoint was written (lower the lr or checkpoint more often)"
         return f"stopped before the update, last checkpoint (step {self._last_saved_step}) kept"
-
-    # ------------------------------------------------------------------------ signals
-
-    @contextmanager
-    def _stop_on_signals(self):
-        """While training with an ``out_dir``: the first SIGINT/SIGTERM asks the loop to stop after the
-        current step (it then checkpoints); a second one stops at once. Python only lets the main thread
-        install handlers, so elsewhere the signals keep their usual effect."""
-        if self.out_dir is None or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop_signal is not None:
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                raise SystemExit(128 + signum)
-            self._stop_signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for s, old in previous.items():
-                signal.signal(s, old if old is not None else signal.SIG_DFL)
-
-    def _agreed_stop_signal(self) -> int | None:
-        """The stop signal if any rank got one (all ranks agree, so they stop at the same step)."""
-        if not self.distributed:
-            return self._stop_signal
-        got = torch.tensor([float(self._stop_signal == signal.SIGINT), float(self._stop_signal == signal.SIGTERM)])
-        got = dist_utils.all_reduce_sum(got)
-        if got[1] > 0:
-            return int(signal.SIGTERM)
-        return int(signal.SIGINT) if got[0] > 0 else None
 
     def _flush_log(self, interval_loss: list[float], interval_gn: list[float], lr: float) -> None:
         if not interval_loss:
