@@ -23,3 +23,14 @@ def test_guidance_bench_quick(tmp_path):
         rows = saved["gradient_guidance"][kind]
         assert set(rows) == {str(s) for s in saved["gradient_guidance_scales"][kind]}
         assert all(set(m) == keys for m in rows.values())
+    # direction of effect: gradient guidance raises the target-class accuracy of the unconditional model
+    cls = saved["gradient_guidance"]["classifier"]
+    top = str(max(saved["gradient_guidance_scales"]["classifier"]))
+    assert cls[top]["accuracy"] > cls["0"]["accuracy"] + 0.2 and cls[top]["judge_accuracy"] > cls["0"]["judge_accuracy"]
+    # CFG above 1 keeps the class and raises saturation; rescale (phi > 0) lowers it again
+    cfg = saved["cfg"]
+    w_hi = str(max(saved["scales"]))
+    phi_hi = str(max(saved["rescale_phi"]))
+    assert cfg["0.0"][w_hi]["accuracy"] >= 0.9
+    assert cfg["0.0"][w_hi]["saturation"] > cfg["0.0"]["1"]["saturation"]
+    assert cfg[phi_hi][w_hi]["saturation"] < cfg["0.0"][w_hi]["saturation"]
