@@ -256,15 +256,21 @@ def test_patch_prior_beats_pseudo_inverse_on_held_out_natural_patches(patches, m
     assert ours > base + 2.0, f"{method} on {task}: PSNR {ours:.2f} vs pinv {base:.2f}"
 
 
-def test_inverse_bench_json_layout(tmp_path):
-    """``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds} (digits at the top level, patches
-    under "patches"), and every diffusion method beats the pseudo-inverse on the digits tasks."""
+@pytest.fixture(scope="module")
+def inverse_bench(tmp_path_factory):
     import json
 
     from diffusekit.bench import run_bench
 
-    run_bench("inverse", out=tmp_path, quick=True)
-    saved = json.loads((tmp_path / "inverse.json").read_text())
+    out = tmp_path_factory.mktemp("inverse")
+    run_bench("inverse", out=out, quick=True)
+    return json.loads((out / "inverse.json").read_text())
+
+
+def test_inverse_bench_json_layout(inverse_bench):
+    """``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds} (digits at the top level, patches
+    under "patches"), and every diffusion method beats the pseudo-inverse on the digits tasks."""
+    saved = inverse_bench
     tasks = ("inpaint_box", "inpaint_random", "sr2", "sr4", "deblur")
     methods = ("pinv", "dps", "ddrm", "reddiff")
     for table in (saved, saved["patches"]):
@@ -275,3 +281,25 @@ def test_inverse_bench_json_layout(tmp_path):
                 assert {"psnr", "ssim", "nfe", "seconds"} <= set(row)
                 assert math.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1 and row["seconds"] >= 0
     assert all(saved[t][m]["psnr"] > saved[t]["pinv"]["psnr"] for t in tasks for m in methods[1:])
+
+
+def test_inverse_bench_tunes_on_disjoint_images(inverse_bench):
+    """Settings are chosen on tuning images disjoint from the reported ones; the split is in the JSON."""
+    from diffusekit.bench.inverse import image_split
+
+    saved = inverse_bench
+    for prior in ("digits", "patches"):
+        split = saved["split"][prior]
+        (a, b), (c, d) = split["reported"], split["tuning"]
+        assert b - a == saved["num_images"][prior] and d - c == saved["num_tuning_images"][prior]
+        assert b <= c or d <= a, "index ranges overlap"
+        x, x_tune, again = image_split(prior, b - a, d - c)
+        assert again == split
+        # no tuning image equals a reported one
+        same = (x[:, None] - x_tune[None]).flatten(2).abs().amax(-1) == 0
+        assert not bool(same.any())
+        dps = saved["tuning"][prior]["inpaint_box"]["dps"]
+        assert len(dps) >= 2 and all(math.isfinite(r["tuning_psnr"]) for r in dps)
+        chosen = saved["inpaint_box"]["dps"]["zeta"] if prior == "digits" else \
+            saved["patches"]["inpaint_box"]["dps"]["zeta"]
+        assert chosen == max(dps, key=lambda r: r["tuning_psnr"])["zeta"]

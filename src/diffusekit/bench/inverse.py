@@ -10,12 +10,17 @@ mask), ``sr2`` / ``sr4`` (block averaging), ``deblur`` (separable Gaussian blur,
 at rcond 0.05). Each method gets one sample per image from fixed seeds; reported PSNR / SSIM (data_range 2,
 outputs clipped to [-1, 1]) are means over the images, digits-FD (digits only) is against the digits test
 split, NFE counts forward network passes (DPS adds one backward pass per step), seconds is the wall time for
-the whole batch. Hyperparameters are fixed per task family and prior (DPS's zeta as the paper sets it per
-task); they were picked from a handful of settings on the first 16 images (a subset of the bench images), so
-they are lightly tuned, not swept.
+the whole batch.
 
-``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds, digits_fd} for digits at the top level
-(beside the run's metadata); ``patches`` holds the same layout (without digits_fd) for the natural-image patches.
+Tuning is held out: each method's settings (DPS's step size zeta, DDRM's eta, RED-Diff's learning rate) are
+chosen per task and prior by mean PSNR on tuning images disjoint from the reported ones (digits: the last
+images of the test split, reported: the first; patches: the textured test crops after the reported ones, in
+the same deterministic draw), from the small grids in ``TUNE_GRID``. ``split`` in the JSON records both
+index ranges, ``tuning`` every candidate's tuning PSNR.
+
+``DIR/inverse.json`` maps task -> method -> {psnr, ssim, nfe, seconds, digits_fd, <chosen settings>} for digits
+at the top level (beside the run's metadata); ``patches`` holds the same layout (without digits_fd) for the
+natural-image patches.
 """
 
 from __future__ import annotations
@@ -44,52 +49,73 @@ STEPS = {"pinv": 0, "dps": 50, "ddrm": 20, "reddiff": 50}
 
 
 PRIORS = {"digits": "digits_unet", "patches": "patches_unet"}
+TUNE_GRID = {"pinv": [{}], "dps": [{"zeta": z} for z in (0.5, 1.0, 2.0, 4.0)],
+             "ddrm": [{"eta": e, "eta_b": 1.0} for e in (0.85, 1.0)],
+             "reddiff": [{"lam": 25.0, "lr": lr} for lr in (0.1, 0.25, 0.5)]}
+# quick: the same code path, one tuned setting (DPS's zeta) to keep the run short
+QUICK_TUNE_GRID = {"pinv": [{}], "dps": [{"zeta": z} for z in (1.0, 2.0)], "ddrm": [{"eta": 0.85, "eta_b": 1.0}],
+                   "reddiff": [{"lam": 25.0, "lr": 0.25}]}
 
 
-def _options(method: str, task: str, prior: str) -> dict:
-    if method == "dps":
-        return {"zeta": 1.0 if task.startswith("inpaint") else 2.0}
-    if method == "ddrm":
-        return {"eta": 0.85, "eta_b": 1.0}
-    if method == "reddiff":
-        return {"lam": 25.0, "lr": 0.1 if prior == "patches" else 0.25}
-    return {}
-
-
-def _load_images(prior: str, n: int):
+def image_split(prior: str, n: int, n_tune: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(reported images, tuning images, split record) for a prior; the two sets are disjoint."""
     from ..data import load_dataset
 
     if prior == "digits":
-        return load_dataset("digits", "test").x[:n]
-    return textured_test_patches(n)
+        test = load_dataset("digits", "test").x
+        if n + n_tune > len(test):
+            raise ValueError(f"{n} reported + {n_tune} tuning images exceed the {len(test)} digits test images")
+        m = len(test)
+        return test[:n], test[m - n_tune:], {"source": "digits test split", "reported": [0, n],
+                                             "tuning": [m - n_tune, m]}
+    x = textured_test_patches(n + n_tune)
+    return x[:n], x[n:], {"source": "textured patches test crops (one deterministic draw)",
+                          "reported": [0, n], "tuning": [n, n + n_tune]}
 
 
-def _solve_tasks(prior: str, n: int, n_show: int):
-    """task -> method -> metrics, and the images to show, for one prior."""
+def _restore(den, method, task_index, op, y, options):
+    """One restoration per measurement (the prior unconditional: the null class for a conditional model)."""
+    n = y.shape[0]
+    ts = grid_uniform(den.schedule, max(STEPS[method], 1), t_end=0.0)
+    gens = [torch.Generator().manual_seed(1000 * task_index + i) for i in range(n)]
+    cond = {"class_labels": torch.full((n,), den.null_class)} if den.num_classes is not None else {}
+    with torch.set_grad_enabled(method == "dps"):
+        out = SOLVERS[method](den, y, op, ts, sigma_y=SIGMA_Y, cond=cond, generator=gens, **options)
+    return out.detach().clamp(-1, 1)
+
+
+def _tune(den, method, k, op, x_tune, grid) -> tuple[dict, list]:
+    """The setting of ``grid`` with the best mean PSNR on the tuning images (measured with its own noise)."""
+    if len(grid) == 1:
+        return grid[0], []
+    y = op.measure(x_tune, SIGMA_Y, torch.Generator().manual_seed(500 + k))
+    scores = [(float(psnr(_restore(den, method, k, op, y, opts), x_tune).mean()), i)
+              for i, opts in enumerate(grid)]
+    best = max(scores)[1]
+    return grid[best], [{**grid[i], "tuning_psnr": score} for score, i in scores]
+
+
+def _solve_tasks(prior: str, n: int, n_tune: int, n_show: int, grid: dict):
+    """task -> method -> metrics, the images to show, the split and the tuning record, for one prior."""
     from .. import zoo
     from ..data import load_dataset
 
     den = zoo.load(PRIORS[prior])
-    x = _load_images(prior, n)
+    x, x_tune, split = image_split(prior, n, n_tune)
     shape = tuple(x.shape[1:])
-    cond = {"class_labels": torch.full((n,), den.null_class)} if den.num_classes is not None else {}
     reference = load_dataset("digits", "test").x if prior == "digits" else None
     clf = zoo.load("digits_classifier") if prior == "digits" else None
-    table, shown = {}, {}
+    table, shown, tuning = {}, {}, {}
     for k, (task, make) in enumerate(TASKS.items()):
         op = make(shape)
         y = op.measure(x, SIGMA_Y, torch.Generator().manual_seed(100 + k))
         rows = {"truth": x[:n_show], "y": (y if y.shape == x.shape else op.pinv(y))[:n_show]}
-        table[task] = {}
+        table[task], tuning[task] = {}, {}
         for method in METHODS:
-            ts = grid_uniform(den.schedule, max(STEPS[method], 1), t_end=0.0)
-            gens = [torch.Generator().manual_seed(1000 * k + i) for i in range(n)]
-            options = _options(method, task, prior)
+            options, tuning[task][method] = _tune(den, method, k, op, x_tune, grid[method])
             t0 = time.perf_counter()
-            with torch.set_grad_enabled(method == "dps"):
-                out = SOLVERS[method](den, y, op, ts, sigma_y=SIGMA_Y, cond=cond, generator=gens, **options)
+            out = _restore(den, method, k, op, y, options)
             seconds = time.perf_counter() - t0
-            out = out.detach().clamp(-1, 1)
             row = {"psnr": float(psnr(out, x).mean()), "ssim": float(ssim(out, x, data_range=2.0).mean()),
                    "nfe": STEPS[method], "seconds": seconds, **options}
             if reference is not None:
@@ -97,7 +123,7 @@ def _solve_tasks(prior: str, n: int, n_show: int):
             table[task][method] = row
             rows[method] = out[:n_show]
         shown[task] = rows
-    return table, shown, x.shape[-1]
+    return table, shown, x.shape[-1], split, tuning
 
 
 def _run(quick: bool):
@@ -109,16 +135,20 @@ def _run(quick: bool):
     from ..plotting import image_grid
 
     n = {"digits": 8 if quick else 128, "patches": 4 if quick else 64}
+    n_tune = {"digits": 4 if quick else 16, "patches": 2 if quick else 8}
+    grid = QUICK_TUNE_GRID if quick else TUNE_GRID
     n_show = 6
     fig, axes = plt.subplots(4, 3, figsize=(13, 17))
-    result = {"num_images": n, "sigma_y": SIGMA_Y, "steps": STEPS,
+    result = {"num_images": n, "num_tuning_images": n_tune, "tune_grid": grid, "split": {}, "tuning": {},
+              "sigma_y": SIGMA_Y, "steps": STEPS,
               "priors": {"digits": "digits_unet, null class (unconditional), digits test split",
                          "patches": "patches_unet (unconditional), 16 x 16 textured crops (std >= 0.1) of the "
                                     "patches test images"}}
     summaries = []
     for p, prior in enumerate(PRIORS):
         shown_per_row = min(n_show, n[prior])
-        table, shown, side = _solve_tasks(prior, n[prior], shown_per_row)
+        table, shown, side, result["split"][prior], result["tuning"][prior] = _solve_tasks(
+            prior, n[prior], n_tune[prior], shown_per_row, grid)
         for ax, (task, rows) in zip(axes[2 * p:2 * p + 2].flat, shown.items()):
             ax.imshow(image_grid(torch.cat(list(rows.values())), shown_per_row), cmap="gray", vmin=0, vmax=255)
             ax.set_yticks([(i + 0.5) * (side + 1) for i in range(len(rows))], list(rows))
