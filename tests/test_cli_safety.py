@@ -330,3 +330,26 @@ def test_bench_progress_is_off_without_a_terminal_or_with_no_progress(monkeypatc
     finally:
         set_progress(True)
     assert list(bench_progress(range(3), desc="x")) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sampler", ["default", "dpm_solver_pp_2m", "ddim"])
+def test_sample_progress_bar_total_is_the_network_calls(sampler):
+    from diffusekit.cli import _expected_nfe, _with_progress
+    from diffusekit.core import make_grid
+    from diffusekit.samplers import DEFAULT, default_timesteps, get_sampler
+    from diffusekit.zoo import load
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    den = load("toy_ring8")
+    info = get_sampler(DEFAULT["sampler"] if sampler == "default" else sampler)
+    ts = default_timesteps(den, 6) if sampler == "default" else make_grid("logsnr", den.schedule, 6, t_end=0.0)
+    opts = DEFAULT["options"] if sampler == "default" else {}
+    bar = Bar()
+    with torch.no_grad():
+        info.fn(_with_progress(den, bar), torch.randn(5, 2), ts, **opts)
+    assert bar.n == _expected_nfe(info, ts) > 0
