@@ -115,3 +115,26 @@ def test_bad_arguments():
         default_timesteps(den, 3, search="sometimes")
     with pytest.raises(ValueError):
         D.grid_warped(schedule, 5, start=0.0)
+
+
+def test_fallback_grid_is_competitive_with_the_best_fixed_grid():
+    # geometric-mean error ratio to the best fixed grid (an oracle per case) over schedules, mixtures and NFE
+    import statistics
+
+    from diffusekit.bench._mixtures import MIXTURES, reference_solution
+
+    logs = []
+    for kind in ("vp_discrete", "ve", "flow"):
+        schedule = SCHEDULES[kind]()
+        for name in ("ring2d", "stiff16d"):
+            mixture = MIXTURES[name]()
+            den = mixture.denoiser(schedule)
+            x = prior_sample(schedule, (32, mixture.dim), torch.Generator().manual_seed(1), dtype=torch.float64)
+            ref = reference_solution(mixture, schedule, x)
+            for k in (5, 10, 20, 50):
+                fixed = [_err(sample(DEFAULT["sampler"], den, x, ts), ref)
+                         for ts in D.fixed_grids(schedule, k).values()]
+                fb = _err(sample(DEFAULT["sampler"], den, x, D.fallback_timesteps(schedule, k)), ref)
+                logs.append(math.log(fb / min(f for f in fixed if math.isfinite(f))))
+    assert statistics.mean(logs) < 0.0  # better than the best fixed grid on average
+    assert max(logs) < math.log(4.0)
