@@ -23,7 +23,7 @@ from ..core import VPDiscrete, prior_sample
 from ..methods.autodiffusion import EvolutionConfig, gmm_fitness, search_timesteps
 from ..samplers import get_sampler
 from ..samplers.defaults import TrajectoryFitness, fixed_grids, search_grid
-from . import register_bench
+from . import bench_progress, register_bench
 from ._mixtures import MIXTURES, reference_solution
 
 
@@ -50,6 +50,7 @@ def _run(quick: bool):
     config = EvolutionConfig(population=10, parents=3, mutations=4, crossovers=3, generations=4) if quick else \
         EvolutionConfig(population=20, parents=5, mutations=8, crossovers=6, generations=10)
     table = {}
+    bar = bench_progress(desc="autodiffusion: problem x solver x NFE", total=len(problems) * len(solvers) * len(nfes))
     for pname in problems:
         mixture = MIXTURES[pname]()
         for solver in solvers:
@@ -73,8 +74,10 @@ def _run(quick: bool):
                                 "evaluations": res.evaluations, "ts": res.ts.tolist(),
                                 "default_family": {"fitness": fam.fitness, "seconds": fam.seconds,
                                                    "evaluations": fam.evaluations, "source": fam.source}}
+                bar.update(1)
             table[f"{pname}/{solver}"] = {"metric": "mean |x - x_ref| at t = 0, held-out x_T (seed 1)",
                                           "n_tune": n_tune, "n_held_out": n_held, "nfe": rows}
+    bar.close()
     parts = []
     for name, entry in table.items():
         cells = [f"NFE {k} {r['held_out']['searched']:.3g} vs {r['held_out'][r['best_fixed']]:.3g} "

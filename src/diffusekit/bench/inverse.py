@@ -33,7 +33,7 @@ from ..core import grid_uniform
 from ..methods.inverse import (SOLVERS, gaussian_blur, inpaint_box, inpaint_random, super_resolution)
 from ..metrics import digits_fd, psnr, ssim
 from ..plotting import grouped_psnr_bars
-from . import register_bench
+from . import bench_progress, register_bench
 from ._images import textured_test_patches
 
 SIGMA_Y = 0.05
@@ -106,7 +106,7 @@ def _solve_tasks(prior: str, n: int, n_tune: int, n_show: int, grid: dict):
     reference = load_dataset("digits", "test").x if prior == "digits" else None
     clf = zoo.load("digits_classifier") if prior == "digits" else None
     table, shown, tuning = {}, {}, {}
-    for k, (task, make) in enumerate(TASKS.items()):
+    for k, (task, make) in enumerate(bench_progress(TASKS.items(), desc=f"inverse {prior}: tasks", total=len(TASKS))):
         op = make(shape)
         y = op.measure(x, SIGMA_Y, torch.Generator().manual_seed(100 + k))
         rows = {"truth": x[:n_show], "y": (y if y.shape == x.shape else op.pinv(y))[:n_show]}

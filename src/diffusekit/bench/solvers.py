@@ -44,7 +44,7 @@ from ..core.grids import grid_diffusers_dpm
 from ..samplers import DEFAULT, default_timesteps, get_sampler, sample
 from ..samplers.defaults import fixed_grids, search_default_grid
 from . import _diffusers_side as dside
-from . import register_bench
+from . import bench_progress, register_bench
 from ._mixtures import MIXTURES, reference_solution
 
 FULL_NFES = (5, 6, 8, 10, 15, 20, 30, 50)
@@ -77,7 +77,7 @@ def _pick(rows: dict, keep=lambda name: True) -> str | None:
     return min(cands)[1] if cands else None
 
 
-def _problem(pname, schedule, cfg, dcache, log):
+def _problem(pname, schedule, cfg, dcache, log, bar):
     mixture = MIXTURES[pname]()
     den = mixture.denoiser(schedule)
     t0 = time.perf_counter()
@@ -147,6 +147,7 @@ def _problem(pname, schedule, cfg, dcache, log):
         log(f"  NFE {k}: default {row['ours_default']['held_out']:.3g} vs diffusers best "
             f"{row['diffusers_best']['held_out']:.3g} ({row['diffusers_best']['name']}) "
             f"({time.perf_counter() - tk:.1f}s)")
+        bar.update(1)
     info = {"dim": mixture.dim, "components": mixture.num_components, "n_tune": cfg["n_tune"],
             "n_held_out": cfg["n_held"], "tune_seed": 0, "held_out_seed": 1,
             "metric": "mean |x - x_ref| at t = 0 over the set",
@@ -248,7 +249,7 @@ def _figure(nfes, problems, overhead):
     return fig
 
 
-def _run(quick: bool, log=print):
+def _run(quick: bool, log=lambda line: None):
     import diffusers
 
     cfg = _config(quick)
@@ -258,9 +259,11 @@ def _run(quick: bool, log=print):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        bar = bench_progress(desc="solvers: problem x NFE", total=len(cfg["problems"]) * len(cfg["nfes"]))
         for pname in cfg["problems"]:
             log(f"{pname}:")
-            problems[pname], search[pname], info[pname] = _problem(pname, schedule, cfg, dcache, log)
+            problems[pname], search[pname], info[pname] = _problem(pname, schedule, cfg, dcache, log, bar)
+        bar.close()
         log("overhead:")
         overhead = _overhead(cfg)
     worst = max((rows[k]["ours_default"]["held_out"] / rows[k]["diffusers_best"]["held_out"], p, k)
