@@ -39,20 +39,24 @@ def _cli(*args, **kw):
 
 def test_sigterm_saves_and_resume_with_saved_config_equals_uninterrupted(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("net: {name: mlp, hidden: 32, depth: 1}\ntrain: {lr: 2e-3, checkpoint_every: 20, seed: 3}\n")
+    # no periodic checkpoint: the only one on disk is the one the SIGTERM handler writes
+    cfg.write_text("net: {name: mlp, hidden: 32, depth: 1}\ntrain: {lr: 2e-3, checkpoint_every: 0, log_every: 10, "
+                   "seed: 3}\n")
     flags = ["--config", str(cfg), "--data", "gmm_ring8", "--num-examples", "512", "--batch-size", "64",
              "--steps", "800", "--no-progress"]
     run = tmp_path / "run"
     proc = _cli("train", "--out", str(run), *flags)
     deadline = time.time() + 240
-    while not (run / "checkpoint.json").exists() and proc.poll() is None and time.time() < deadline:
+    while not (run / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted: SIGTERM at step" in err and "--resume" in err and "Traceback" not in err
     stopped = json.loads((run / "checkpoint.json").read_text())["step"]
-    assert 20 <= stopped < 800
+    assert 10 <= stopped < 800
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1] == {**log[-1], "type": "stop", "step": stopped, "reason": "SIGTERM"}
     assert (run / "config.yaml").exists() and not list(run.glob(".*.tmp"))
 
     # --resume with no other flag: the config (net size, lr, seed, data, steps) comes from config.yaml
