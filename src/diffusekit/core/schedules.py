@@ -24,8 +24,6 @@ import torch
 
 from ._tensor import as_time, per_sample
 
-_TINY_TERMINAL_ALPHA_BAR = 2.0**-24  # stands in for alpha_bar = 0 under a zero-terminal-SNR rescale
-
 
 class Schedule(ABC):
     """A Gaussian forward process in continuous time. Subclasses define log alpha, log sigma and lam^{-1}."""
@@ -122,8 +120,9 @@ def betas_for(name: str, num_train_timesteps: int = 1000, *, beta_start: float |
     """Named beta schedules (float64, shape (N,)), with diffusers' names and defaults.
 
     * ``linear``: linspace(beta_start, beta_end, N), defaults 1e-4, 0.02 (Ho et al. 2020).
-    * ``scaled_linear``: linspace(sqrt(beta_start), sqrt(beta_end), N)^2, defaults 0.00085, 0.012
-      (latent diffusion / Stable Diffusion).
+    * ``scaled_linear``: linspace(sqrt(beta_start), sqrt(beta_end), N)^2, with diffusers' defaults 1e-4, 0.02
+      (as DDPMScheduler/DDIMScheduler); Stable Diffusion's values 0.00085, 0.012 must be passed explicitly,
+      as its scheduler config does.
     * ``cosine`` / ``squaredcos_cap_v2``: beta_n = min(1 - abar((n+1)/N)/abar(n/N), 0.999) with
       abar(s) = cos^2((s + 0.008)/1.008 * pi/2) (Nichol & Dhariwal 2021, arXiv 2102.09672, eq. 17).
     """
@@ -135,8 +134,8 @@ def betas_for(name: str, num_train_timesteps: int = 1000, *, beta_start: float |
         b1 = 0.02 if beta_end is None else beta_end
         return torch.linspace(b0, b1, n, dtype=torch.float64)
     if name == "scaled_linear":
-        b0 = 0.00085 if beta_start is None else beta_start
-        b1 = 0.012 if beta_end is None else beta_end
+        b0 = 1e-4 if beta_start is None else beta_start
+        b1 = 0.02 if beta_end is None else beta_end
         return torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
     if name in ("cosine", "squaredcos_cap_v2"):
         s = torch.arange(n + 1, dtype=torch.float64) / n
@@ -172,10 +171,14 @@ class VPDiscrete(Schedule):
     t = (n + 1)/N; log alpha is piecewise linear in t on the knots {0, 1/N, ..., 1} with log alpha(0) = 0,
     so the schedule is continuous, reaches clean data at t = 0 and its integer steps are exact.
 
+    Zero terminal SNR (abar_{N-1} = 0 exactly, alpha(1) = 0): log alpha has no finite last knot, so on the
+    last interval [(N - 1)/N, 1] alpha itself is linear in t, alpha = alpha_{N-2} N (1 - t), which keeps the
+    integer steps exact, alpha continuous and decreasing, and lam = -inf only at t = 1.
+
     Args:
         betas: (N,) betas, or use ``VPDiscrete.named("linear", 1000)``.
-        zero_terminal_snr: apply ``rescale_zero_terminal_snr`` first; the terminal abar = 0 is then
-            replaced by 2^-24 so lam stays finite (as diffusers' Euler scheduler does).
+        zero_terminal_snr: apply ``rescale_zero_terminal_snr`` first (Lin et al. 2023): abar_{N-1} = 0
+            exactly, so t = 1 is pure noise (alpha = 0, lam = -inf); the samplers step from it exactly.
     """
 
     kind = "vp"
@@ -192,11 +195,16 @@ class VPDiscrete(Schedule):
         self.betas = betas
         abar = torch.cumprod(1 - betas, 0)
         if self.zero_terminal_snr:
-            abar[-1] = _TINY_TERMINAL_ALPHA_BAR
+            abar[-1] = 0.0  # exactly (beta_{N-1} = 1 after the rescale; guard against rounding)
         self.alphas_cumprod = abar
         self.num_train_timesteps = n = betas.numel()
         self._t_knots = torch.arange(n + 1, dtype=torch.float64) / n
         self._log_alpha_knots = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(abar)])
+        self._zero_end = self.zero_terminal_snr
+        if self._zero_end:  # a finite stand-in for the -inf knot, overridden on the last interval
+            self._log_alpha_knots[-1] = 2 * self._log_alpha_knots[-2] - self._log_alpha_knots[-3]
+            self._t_last = float(self._t_knots[-2])
+            self._log_alpha_last = float(self._log_alpha_knots[-2])
         self.t_min = 1.0 / n
         self.t_max = 1.0
 
@@ -225,9 +233,17 @@ class VPDiscrete(Schedule):
         """The (fractional) integer timestep n = t N - 1 that DDPM networks are trained on."""
         return self.timestep_of_t(t)
 
+    def _on_last(self, t: torch.Tensor) -> torch.Tensor:
+        """Mask of times on the last interval when alpha is linear there (zero terminal SNR)."""
+        return t > self._t_last if self._zero_end else torch.zeros_like(t, dtype=torch.bool)
+
     def log_alpha(self, t) -> torch.Tensor:
         t = as_time(t)
-        return _interp(t.reshape(-1), self._t_knots, self._log_alpha_knots).reshape(t.shape)
+        out = _interp(t.reshape(-1), self._t_knots, self._log_alpha_knots).reshape(t.shape)
+        if self._zero_end:
+            frac = torch.clamp((1 - t) * self.num_train_timesteps, min=0)  # alpha / alpha_{N-2} on the last interval
+            out = torch.where(self._on_last(t), self._log_alpha_last + torch.log(frac), out)
+        return out
 
     def log_sigma(self, t) -> torch.Tensor:
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
@@ -235,19 +251,36 @@ class VPDiscrete(Schedule):
     def d_log_alpha(self, t) -> torch.Tensor:
         t = as_time(t)
         idx = torch.clamp(torch.searchsorted(self._t_knots, t.reshape(-1).contiguous()), 1, self.num_train_timesteps)
-        slope = (self._log_alpha_knots[idx] - self._log_alpha_knots[idx - 1]) * self.num_train_timesteps
-        return slope.reshape(t.shape)
+        slope = ((self._log_alpha_knots[idx] - self._log_alpha_knots[idx - 1]) * self.num_train_timesteps)
+        slope = slope.reshape(t.shape)
+        if self._zero_end:
+            slope = torch.where(self._on_last(t), -1.0 / (1 - t), slope)
+        return slope
+
+    def d_alpha(self, t) -> torch.Tensor:
+        t = as_time(t)
+        out = self.alpha(t) * self.d_log_alpha(t)
+        if self._zero_end:  # finite at alpha = 0, where alpha * d log alpha is 0 * inf
+            out = torch.where(self._on_last(t), -math.exp(self._log_alpha_last) * self.num_train_timesteps, out)
+        return out
 
     def d_log_sigma(self, t) -> torch.Tensor:
         a2 = torch.exp(2 * self.log_alpha(t))
-        return -a2 / (1 - a2) * self.d_log_alpha(t)
+        out = -a2 / (1 - a2) * self.d_log_alpha(t)
+        if self._zero_end:  # -alpha alpha' / sigma^2, which is 0 at alpha = 0
+            out = torch.where(a2 == 0, torch.zeros_like(out), out)
+        return out
 
     def t_of_lam(self, lam) -> torch.Tensor:
         lam = as_time(lam)
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2 * lam)
         # log alpha decreases along the knots; interpolate t as a function of it (exact inverse).
         flat = _interp(log_alpha.reshape(-1), self._log_alpha_knots.flip(0), self._t_knots.flip(0))
-        return flat.reshape(lam.shape)
+        out = flat.reshape(lam.shape)
+        if self._zero_end:
+            last = 1 - torch.exp(log_alpha - self._log_alpha_last) / self.num_train_timesteps
+            out = torch.where(log_alpha < self._log_alpha_last, last, out)
+        return out
 
 
 class VPLinear(Schedule):
@@ -395,10 +428,13 @@ def schedule_from_config(config: dict) -> Schedule:
         beta_schedule = config.pop("beta_schedule", None)
         ztsnr = config.pop("zero_terminal_snr", False)
         n = config.pop("num_train_timesteps", 1000)
+        beta_start, beta_end = config.pop("beta_start", None), config.pop("beta_end", None)
         if config:
-            raise ValueError(f"unknown vp_discrete options: {', '.join(config)}")
+            raise ValueError(f"unknown vp_discrete options: {', '.join(config)}; allowed: betas, beta_schedule, "
+                             "beta_start, beta_end, num_train_timesteps, zero_terminal_snr")
         if betas is None:
-            return VPDiscrete.named(beta_schedule or "linear", n, zero_terminal_snr=ztsnr)
+            return VPDiscrete.named(beta_schedule or "linear", n, zero_terminal_snr=ztsnr, beta_start=beta_start,
+                                    beta_end=beta_end)
         return VPDiscrete(betas, zero_terminal_snr=ztsnr, beta_schedule=beta_schedule)
     try:
         return _SCHEDULES[name](**config)
