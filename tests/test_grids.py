@@ -6,7 +6,7 @@ from diffusekit.core import (FlowSchedule, VESchedule, VPDiscrete, VPLinear, che
 
 
 @pytest.mark.parametrize("name", ["uniform", "logsnr", "quadratic", "karras"])
-@pytest.mark.parametrize("schedule", [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule(t_max=0.999)],
+@pytest.mark.parametrize("schedule", [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule()],
                          ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("t_end", [None, 0.0])
 def test_grids_decrease_between_the_requested_ends(name, schedule, t_end):
@@ -53,5 +53,44 @@ def test_bad_grids():
         check_grid(torch.tensor([0.5, 0.7, 0.1]), s)
     with pytest.raises(ValueError, match="positive integer"):
         make_grid("uniform", s, 0)
-    with pytest.raises(ValueError, match="finite log-SNR"):
-        make_grid("logsnr", FlowSchedule(), 4)
+    with pytest.raises(ValueError, match="needs t_end with SNR > 1"):
+        make_grid("logsnr", FlowSchedule(), 4, t_end=0.9)
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        make_grid("karras", s, 4, rho=0.0)
+
+
+@pytest.mark.parametrize("name, bad, allowed", [
+    ("trailing", {"t_end": 0.0}, "final, steps_offset"), ("leading", {"t_start": 0.5}, "final, steps_offset"),
+    ("linspace", {"rho": 7.0}, "final, steps_offset"), ("uniform", {"rho": 7.0}, "t_start, t_end"),
+    ("logsnr", {"final": "zero"}, "t_start, t_end"), ("karras", {"tend": 0.0}, "rho, t_start, t_end"),
+])
+def test_an_option_a_grid_does_not_take_is_a_one_line_error(name, bad, allowed):
+    message = f"the {name} grid does not take {next(iter(bad))}; allowed options: {allowed}"
+    with pytest.raises(ValueError, match=message):
+        make_grid(name, VPDiscrete.named("linear"), 4, **bad)
+    make_grid("trailing", VPDiscrete.named("linear"), 4, final="first", steps_offset=0)  # the allowed ones do
+
+
+@pytest.mark.parametrize("name", ["logsnr", "karras"])
+@pytest.mark.parametrize("schedule", [FlowSchedule(), VPDiscrete.named("linear", zero_terminal_snr=True)],
+                         ids=["flow", "zero_snr"])
+def test_lam_grids_from_pure_noise(name, schedule):
+    """From the default start alpha = 0 (lam = -inf): a first step to lam = -lam(t_min) (t = 1 - t_min on a flow
+    schedule), then the grid's own spacing between finite ends; t_end = 0 adds the usual last step."""
+    s = schedule
+    lam_min = float(s.lam(s.t_min))
+    for t_end, tail in [(None, 0), (0.0, 1)]:
+        for n in range(1, 9):
+            ts = make_grid(name, s, n, t_end=t_end)
+            assert len(ts) == n + 1 and float(ts[0]) == 1.0 and float(s.alpha(ts[0])) == 0.0
+            check_grid(ts, s)
+            assert float(ts[-1]) == (0.0 if tail else s.t_min)
+            if n - 1 - tail >= 1:
+                lam = s.lam(ts[1:len(ts) - tail])
+                assert abs(float(lam[0]) + lam_min) < 1e-9 and abs(float(lam[-1]) - lam_min) < 1e-9
+                if name == "logsnr":
+                    torch.testing.assert_close(lam.diff(), lam.diff()[:1].expand(len(lam) - 1), rtol=1e-9, atol=0)
+            elif n == 2 and tail:
+                assert abs(float(s.lam(ts[1]))) < 1e-9  # the one interior point between two infinite ends: SNR 1
+    if isinstance(s, FlowSchedule):
+        assert abs(float(make_grid(name, s, 5)[1]) - (1 - s.t_min)) < 1e-12

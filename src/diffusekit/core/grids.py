@@ -42,28 +42,58 @@ def grid_quadratic(schedule: Schedule, steps: int, *, t_start=None, t_end=None) 
     return ts
 
 
-def _finite_lam(schedule: Schedule, t_start: float, grid: str) -> None:
-    if not torch.isfinite(schedule.lam(t_start)):
-        raise ValueError(f"the {grid} grid needs a finite log-SNR at t_start={t_start}; pass t_start < {t_start} "
-                         "(e.g. 0.999 for a flow schedule, whose t = 1 is pure noise)")
+def _infinite_ends(schedule: Schedule, steps: int, t_start: float, t_end: float, grid: str, finite_part):
+    """Build a grid whose ends may sit at infinite log-SNR: t_end = 0 (lam = +inf, clean data) and/or a
+    t_start with alpha = 0 (lam = -inf, pure noise: a flow schedule at t = 1, zero terminal SNR).
+
+    Each infinite end is one step of its own; ``finite_part(m, t_a, t_b)`` spaces the other m steps
+    (m + 1 points) between finite ends: t_b = t_end, or t_min when t_end = 0; t_a = t_start, or, from
+    alpha = 0, the point whose lam mirrors lam(t_b) about SNR = 1 (lam_a = -lam_b: for a flow schedule
+    ending at t_min that is t = 1 - t_min). With both ends infinite and m = 0 the one interior point is
+    at SNR = 1 (lam = 0).
+    """
+    to_data = t_end == 0
+    from_noise = float(schedule.alpha(t_start)) == 0
+    if not (to_data or from_noise):
+        return finite_part(steps, t_start, t_end)
+    m = steps - int(to_data) - int(from_noise)
+    if m < 0:
+        return torch.tensor([t_start, t_end], dtype=torch.float64)
+    t_b = schedule.t_min if to_data else t_end
+    t_a = t_start
+    if from_noise:
+        lam_b = float(schedule.lam(t_b))
+        if not lam_b > 0:
+            raise ValueError(f"a {grid} grid from alpha = 0 (t_start={t_start}) places its first point at "
+                             f"lam = -lam(t_end) and needs t_end with SNR > 1 (lam > 0); got lam={lam_b:.3g} "
+                             f"at t={t_b}. Pass a smaller t_end, or t_start < {t_start}")
+        t_a = float(schedule.t_of_lam(torch.tensor(-lam_b if m > 0 else 0.0, dtype=torch.float64)))
+    if m > 0:
+        inner = finite_part(m, t_a, t_b)
+    else:  # one interior point between two infinite ends, or the one finite end
+        inner = torch.tensor([t_a if (from_noise and to_data) else (t_b if from_noise else t_a)], dtype=torch.float64)
+    parts = ([torch.tensor([t_start], dtype=torch.float64)] if from_noise else []) + [inner] + \
+        ([torch.zeros(1, dtype=torch.float64)] if to_data else [])
+    return torch.cat(parts)
 
 
 def grid_logsnr(schedule: Schedule, steps: int, *, t_start=None, t_end=None) -> torch.Tensor:
     """Uniform in lam = log(alpha/sigma) (DPM-Solver's recommended logSNR grid, Lu et al. 2022 §3.3).
 
-    t_end = 0 (infinite lam) is kept as a final step: the other points are uniform in lam on
-    [lam(t_start), lam(t_min)].
+    An end at infinite lam is one step of its own: t_end = 0 (clean data) is kept as a final step after
+    points uniform in lam on [lam(t_start), lam(t_min)]; a t_start with alpha = 0 (the default start of a
+    flow schedule) is kept as a first step to lam = -lam(t_end), and the rest is uniform in lam from there
+    (see ``_infinite_ends``).
     """
     steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
-    if t_end == 0:
-        inner = grid_logsnr(schedule, steps - 1, t_start=t_start, t_end=schedule.t_min) if steps > 1 else \
-            torch.tensor([t_start], dtype=torch.float64)
-        return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
-    _finite_lam(schedule, t_start, "logsnr")
-    lam = torch.linspace(float(schedule.lam(t_start)), float(schedule.lam(t_end)), steps + 1, dtype=torch.float64)
-    ts = schedule.t_of_lam(lam)
-    ts[0], ts[-1] = t_start, t_end
-    return ts
+
+    def finite(m, t_a, t_b):
+        lam = torch.linspace(float(schedule.lam(t_a)), float(schedule.lam(t_b)), m + 1, dtype=torch.float64)
+        ts = schedule.t_of_lam(lam)
+        ts[0], ts[-1] = t_a, t_b
+        return ts
+
+    return _infinite_ends(schedule, steps, t_start, t_end, "logsnr", finite)
 
 
 def grid_karras(schedule: Schedule, steps: int, *, rho: float = 7.0, t_start=None, t_end=None) -> torch.Tensor:
@@ -71,20 +101,22 @@ def grid_karras(schedule: Schedule, steps: int, *, rho: float = 7.0, t_start=Non
 
         s_i = (s_max^{1/rho} + i/n (s_min^{1/rho} - s_max^{1/rho}))^rho,   i = 0..n,
 
-    mapped to schedule time. t_end = 0 appends a final step to clean data after n - 1 Karras steps.
+    mapped to schedule time. t_end = 0 appends a final step to clean data after n - 1 Karras steps; a
+    t_start with alpha = 0 (s_max = inf) is a first step of its own, as in ``grid_logsnr``.
     """
     steps, t_start, t_end = _ends(schedule, steps, t_start, t_end)
-    if t_end == 0:
-        inner = grid_karras(schedule, steps - 1, rho=rho, t_start=t_start, t_end=schedule.t_min) if steps > 1 else \
-            torch.tensor([t_start], dtype=torch.float64)
-        return torch.cat([inner, torch.zeros(1, dtype=torch.float64)])
-    _finite_lam(schedule, t_start, "karras")
-    s_max, s_min = float(schedule.sigma_tilde(t_start)), float(schedule.sigma_tilde(t_end))
-    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    ts = schedule.t_of_sigma_tilde(s)
-    ts[0], ts[-1] = t_start, t_end
-    return ts
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0; got {rho}")
+
+    def finite(m, t_a, t_b):
+        s_max, s_min = float(schedule.sigma_tilde(t_a)), float(schedule.sigma_tilde(t_b))
+        ramp = torch.linspace(0, 1, m + 1, dtype=torch.float64)
+        s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        ts = schedule.t_of_sigma_tilde(s)
+        ts[0], ts[-1] = t_a, t_b
+        return ts
+
+    return _infinite_ends(schedule, steps, t_start, t_end, "karras", finite)
 
 
 def diffusers_timesteps(num_train_timesteps: int, steps: int, spacing: str, *, steps_offset: int = 0) -> torch.Tensor:
@@ -172,14 +204,27 @@ def grid_diffusers_dpm(schedule: VPDiscrete, steps: int, *, spacing: str = "lins
     return torch.cat([schedule.t_of_timestep(steps_int), torch.tensor([end], dtype=torch.float64)])
 
 
+_GRID_OPTIONS = {"uniform": ("t_start", "t_end"), "logsnr": ("t_start", "t_end"), "quadratic": ("t_start", "t_end"),
+                 "karras": ("rho", "t_start", "t_end"), "linspace": ("final", "steps_offset"),
+                 "leading": ("final", "steps_offset"), "trailing": ("final", "steps_offset")}
+
+
 def make_grid(name: str, schedule: Schedule, steps: int, **options) -> torch.Tensor:
-    """Dispatch by name: uniform, logsnr, quadratic, karras, or a diffusers spacing (linspace, leading, trailing)."""
+    """Dispatch by name: uniform, logsnr, quadratic, karras, or a diffusers spacing (linspace, leading, trailing).
+
+    Options: t_start, t_end (and rho for karras) for the continuous grids; final ("zero" or "first") and
+    steps_offset for the diffusers spacings, whose times are fixed integer train steps (no t_start/t_end).
+    """
+    if name not in _GRID_OPTIONS:
+        raise ValueError(f"unknown time grid {name!r}; allowed: {', '.join(GRID_NAMES)}")
+    allowed = _GRID_OPTIONS[name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"the {name} grid does not take {', '.join(unknown)}; allowed options: {', '.join(allowed)}")
     builders = {"uniform": grid_uniform, "logsnr": grid_logsnr, "quadratic": grid_quadratic, "karras": grid_karras}
     if name in builders:
         return builders[name](schedule, steps, **options)
-    if name in ("linspace", "leading", "trailing"):
-        return grid_diffusers(schedule, steps, spacing=name, **options)
-    raise ValueError(f"unknown time grid {name!r}; allowed: {', '.join(GRID_NAMES)}")
+    return grid_diffusers(schedule, steps, spacing=name, **options)
 
 
 def check_grid(ts: torch.Tensor, schedule: Schedule) -> torch.Tensor:
