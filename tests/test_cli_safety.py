@@ -357,3 +357,13 @@ def test_sample_progress_bar_total_is_the_network_calls(sampler):
     with torch.no_grad():
         info.fn(_with_progress(den, bar), torch.randn(5, 2), ts, **opts)
     assert bar.n == _expected_nfe(info, ts) > 0
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_input_is_bad(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--steps", "2", *RING]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--overwrite", "--steps", "2", "--net", "unet", *RING]) == 2
+    assert "unet takes images" in _error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

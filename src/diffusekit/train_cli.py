@@ -44,7 +44,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "`diffusekit.train_cli`); flags override its fields")
     p.add_argument("--out", required=True, help="output folder (config.yaml, checkpoint, log.jsonl, loss.png)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved config.yaml")
+                   help="continue the run in --out from its checkpoint, with its saved config.yaml (or --config); "
+                        "other flags override single fields, e.g. --steps to train longer")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out folder that already holds files (replaces its run files)")
     p.add_argument("--data", default=None, help="dataset, one of: " + ", ".join(available_datasets())
@@ -241,7 +242,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     files the user agreed to replace (``--overwrite``)."""
     from .io import check_output_dir
     from .training.checkpoint import META_FILE
-    from .training.state import RUN_FILES, sweep_orphans
+    from .training.state import sweep_orphans
 
     check_output_dir(out, what="--out")
     if resume and overwrite:
@@ -261,9 +262,14 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     if others and not overwrite:
         raise UserError(f"--out {out} already holds files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
                         "); pass --overwrite to write the run there anyway, or choose another folder")
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+
+
+def clear_run_files(out: Path) -> None:
+    """``--overwrite``: remove an earlier run's files (only those), so nothing of it mixes with the new run."""
+    from .training.state import RUN_FILES
+
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _saved_config(cfg: dict) -> dict:
@@ -324,6 +330,8 @@ def run_train(args) -> str | None:
         train_config = TrainConfig.from_dict(cfg["train"])
         cfg["train"] = {k: v for k, v in train_config.to_dict().items() if k in cfg["train"]}  # "1e-3" -> 0.001
         build_net(cfg["net"])  # the options are checked before DDP starts
+    if is_main and getattr(args, "overwrite", False):  # only once the new run's input is known to be good
+        clear_run_files(out)
     distributed.init_distributed()
     torch.manual_seed(train_config.seed)
     net = build_net(cfg["net"])
