@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -457,6 +458,8 @@ def test_crash_between_renames_never_mixes(saved, monkeypatch):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_checkpoints_the_step_then_resume_is_exact(tmp_path, signum):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
     config = dict(steps=12, warmup_steps=3, seed=5)
     full = Trainer(make_model(), denoise_loss, make_data(), cfg(**config))
     full_hist = full.fit()
