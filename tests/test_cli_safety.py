@@ -367,3 +367,13 @@ def test_overwrite_keeps_the_old_run_when_the_new_input_is_bad(tmp_path, capsys)
     assert main(["train", "--out", str(out), "--overwrite", "--steps", "2", "--net", "unet", *RING]) == 2
     assert "unet takes images" in _error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("samples, expected", [(np.zeros((1, 2)), "the metrics need at least 2"),
+                                               (np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]]),
+                                                "1 of 3 samples contain NaN")])
+def test_eval_refuses_samples_the_metrics_cannot_use(tmp_path, capsys, samples, expected):
+    npz = tmp_path / "s.npz"
+    np.savez(npz, samples=samples)
+    assert main(["eval", "--samples", str(npz), "--data", "gmm_ring8"]) == 2
+    assert expected in _error_line(capsys)

@@ -254,6 +254,11 @@ def cmd_eval(args) -> int:
             labels = torch.from_numpy(f["labels"]).long() if "labels" in f else None
     except (KeyError, ValueError, OSError) as err:
         raise CLIError(f"cannot read samples from {path}: {err}") from None
+    if len(samples) < 2:
+        raise CLIError(f"{path} holds {len(samples)} sample(s); the metrics need at least 2")
+    if not torch.isfinite(samples).all():
+        bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+        raise CLIError(f"{path}: {bad} of {len(samples)} samples contain NaN or infinite values")
     with user_input():
         ref = load_dataset(args.data, "test")
     if tuple(samples.shape[1:]) != tuple(ref.x.shape[1:]):
