@@ -377,3 +377,16 @@ def test_eval_refuses_samples_the_metrics_cannot_use(tmp_path, capsys, samples, 
     np.savez(npz, samples=samples)
     assert main(["eval", "--samples", str(npz), "--data", "gmm_ring8"]) == 2
     assert expected in _error_line(capsys)
+
+
+def test_train_sweeps_a_killed_runs_temp_files(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    orphans = [out / ".checkpoint.safetensors.x1y2.tmp", out / ".checkpoint.json.abcd.tmp"]
+    for p in orphans:
+        p.write_bytes(b"\0" * 1000)  # what kill -9 during a save leaves behind
+    assert main(["train", "--out", str(out), "--steps", "2", *RING]) == 0  # not "other files"
+    for p in orphans:
+        p.write_bytes(b"\0" * 1000)
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # already complete: nothing to train, still swept
+    assert not any(p.exists() for p in orphans)

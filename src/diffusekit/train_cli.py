@@ -248,13 +248,13 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite starts a new one; pass only one")
     has_checkpoint = (out / META_FILE).exists()
-    if resume:
-        if not has_checkpoint:
-            raise UserError(f"--resume: no checkpoint in {out}")
-        return
+    if resume and not has_checkpoint:
+        raise UserError(f"--resume: no checkpoint in {out}")
     if not out.exists():
         return
-    sweep_orphans(out)
+    sweep_orphans(out)  # temporary files of a killed run (kill -9) are neither "other files" nor worth keeping
+    if resume:
+        return
     if has_checkpoint and not overwrite:
         raise UserError(f"--out {out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
                         "start again, or choose another folder")
@@ -336,8 +336,9 @@ def run_train(args) -> str | None:
     torch.manual_seed(train_config.seed)
     net = build_net(cfg["net"])
     tensors = (dataset.x, dataset.y) if conditional else (dataset.x,)
-    trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
-                      extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg})
+    with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
+        trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
+                          extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg})
     if args.resume:
         trainer.resume(out)
     if distributed.is_main_process():
