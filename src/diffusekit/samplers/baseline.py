@@ -114,7 +114,10 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict
         score = -(x - alpha x0_hat)/sigma^2,
 
     stepping x_t = x_s - (s - t)(f x_s - g^2 score) + g sqrt(s - t) z. With ``final_denoise`` (default)
-    the last step returns x0_hat instead (removing the last step's noise, as is standard). 1 NFE per step.
+    the last step returns x0_hat instead (removing the last step's noise, as is standard). At alpha_s = 0
+    (a flow or zero-terminal-SNR schedule at t = 1) f and g^2 are infinite: that step is the exact solution
+    of the reverse SDE with x0_hat held fixed, the DDPM posterior, which there is x_t = alpha_t x0_hat +
+    sigma_t z. 1 NFE per step.
     """
     cond = cond or {}
     sched = denoiser.schedule
@@ -123,6 +126,10 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict
         x0 = denoiser(x, s, **cond)
         if final_denoise and i == len(steps) - 1:
             x = x0
+        elif sched.alpha(s) == 0:
+            a_t, s_t = _coef(sched, t)
+            x = a_t * x0 + s_t * randn_like(x, generator) if s_t > 0 else a_t * x0
+            x = x.to(x0.dtype)
         else:
             a_s, s_s = _coef(sched, s)
             f = sched.d_log_alpha(s)

@@ -21,6 +21,13 @@ sigma^ = (1 + gamma) sigma~_i by fresh noise, x^ = x~ + sqrt(sigma^2 - sigma~_i^
 ODE step then starts from (x^, sigma^). The network is evaluated at the perturbed point, at the schedule
 time t^ = t(sigma^) (which lies above t_max when the first step churns; schedules extrapolate there).
 
+A grid that starts at alpha = 0 (a flow schedule at t = 1: sigma~ = inf, x~ undefined) starts with the
+limit of the method's step in the data-prediction variables y = x/sigma, u = alpha/sigma = 1/sigma~
+(``exponential``), where dy/du = x0_hat is finite: Euler's first step is x~_t = x0_hat + sigma~_t x_s/sigma_s
+(exact: it is the limit of x~_s + (sigma~_t - sigma~_s) eps_hat), Heun's is the trapezoidal rule in u (same
+NFE), the ancestral step's sigma_up/sigma_down take their limits (sigma_up = min(eta, 1) sigma~_t). No churn
+is applied at sigma~ = inf.
+
 All noise comes from ``randn_like(x, generator)``, so a list of per-sample generators makes every sample
 independent of the batch it is drawn in. Coefficients are float64; nothing disables gradients.
 ``callback``, if given, receives ``{"i", "t", "t_next", "x", "x0_hat"}`` after each step (x in the
@@ -35,7 +42,8 @@ import torch
 
 from ..core.denoiser import Denoiser
 from ..core.noise import GeneratorArg, randn_like
-from .registry import grid_steps, register_sampler
+from .exponential import points, rk_step_from_noise
+from .registry import grid_steps, nfe_per_step_rule, register_sampler
 
 
 def _denoise_scaled(denoiser: Denoiser, x_tilde: torch.Tensor, t, cond: dict) -> torch.Tensor:
@@ -70,6 +78,17 @@ def _churn(denoiser: Denoiser, x_tilde: torch.Tensor, t, sigma, gamma: float, S_
     return x_hat, t_hat, sigma_hat
 
 
+def _from_noise(denoiser: Denoiser, x: torch.Tensor, s, t, cond: dict, method: str):
+    """The first step from alpha_s = 0: (x~_t, x0_hat(x_s, s)) by the u-frame ``method`` ("euler"/"heun")."""
+    sched = denoiser.schedule
+    x0 = denoiser(x, s, **cond)
+    p_s, p_t = points(sched, torch.stack([s, t]).cpu())
+    if p_t.sigma == 0:
+        return x0, x0
+    x_t = rk_step_from_noise(denoiser, x, x0, p_s, p_t, method, cond)
+    return x_t / sched.alpha(t), x0
+
+
 @register_sampler("euler_sigma", order=1, nfe_per_step=1, stochastic=False)
 def sample_euler_sigma(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: float = 0.0, S_min: float = 0.0,
                        S_max: float = float("inf"), S_noise: float = 1.0, diffusers_churn: bool = False,
@@ -99,6 +118,12 @@ def sample_euler_sigma(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: floa
     steps = grid_steps(denoiser, x, ts)
     x_tilde = x / sched.alpha(steps[0][1])
     for i, s, t in steps:
+        if sched.alpha(s) == 0:
+            x_tilde, x0 = _from_noise(denoiser, x, s, t, cond, "euler")
+            x_tilde = x_tilde.to(x0.dtype)
+            if callback is not None:
+                callback({"i": i, "t": s, "t_next": t, "x": sched.alpha(t) * x_tilde, "x0_hat": x0})
+            continue
         sigma, sigma_next = sched.sigma_tilde(s), sched.sigma_tilde(t)
         gamma = _gamma(sigma, len(steps), S_churn, S_min, S_max)
         if diffusers_churn:
@@ -143,11 +168,18 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: floa
     x_tilde = x / sched.alpha(steps[0][1])
     for i, s, t in steps:
         sigma, sigma_next = sched.sigma_tilde(s), sched.sigma_tilde(t)
-        x0 = _denoise_scaled(denoiser, x_tilde, s, cond)
-        var_up = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
+        if torch.isinf(sigma):  # alpha_s = 0: the limits var_up -> sigma_next^2, x~ -> x0 + sigma_down eps_hat
+            x0 = denoiser(x, s, **cond)
+            var_up = sigma_next**2
+        else:
+            x0 = _denoise_scaled(denoiser, x_tilde, s, cond)
+            var_up = sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2
         sigma_up = torch.clamp(eta * torch.sqrt(torch.clamp(var_up, min=0)), max=sigma_next)
         sigma_down = torch.sqrt(sigma_next**2 - sigma_up**2)
-        x_tilde = x_tilde + (sigma_down - sigma) * (x_tilde - x0) / sigma
+        if torch.isinf(sigma):
+            x_tilde = x0 + sigma_down * (x / sched.sigma(s))
+        else:
+            x_tilde = x_tilde + (sigma_down - sigma) * (x_tilde - x0) / sigma
         if sigma_up > 0:
             x_tilde = x_tilde + s_noise * sigma_up * randn_like(x_tilde, generator)
         x_tilde = x_tilde.to(x0.dtype)
@@ -156,7 +188,7 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: floa
     return (sched.alpha(steps[-1][2]) * x_tilde).to(x.dtype)
 
 
-@register_sampler("heun", order=2, nfe_per_step=2, stochastic=False)
+@register_sampler("heun", order=2, nfe_per_step=2, stochastic=False, nfe=nfe_per_step_rule(2))
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: float = 0.0, S_min: float = 0.0,
                 S_max: float = float("inf"), S_noise: float = 1.0, cond: dict | None = None,
                 generator: GeneratorArg = None, callback=None) -> torch.Tensor:
@@ -185,6 +217,12 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: float = 0.0
     steps = grid_steps(denoiser, x, ts)
     x_tilde = x / sched.alpha(steps[0][1])
     for i, s, t in steps:
+        if sched.alpha(s) == 0:
+            x_tilde, x0 = _from_noise(denoiser, x, s, t, cond, "heun")
+            x_tilde = x_tilde.to(x0.dtype)
+            if callback is not None:
+                callback({"i": i, "t": s, "t_next": t, "x": sched.alpha(t) * x_tilde, "x0_hat": x0})
+            continue
         sigma, sigma_next = sched.sigma_tilde(s), sched.sigma_tilde(t)
         gamma = _gamma(sigma, len(steps), S_churn, S_min, S_max)
         x_hat, t_hat, sigma_hat = _churn(denoiser, x_tilde, s, sigma, gamma, S_noise, generator)

@@ -251,8 +251,11 @@ def solve_pf_ode(denoiser: Denoiser, x: torch.Tensor, t_start, t_end, *, rtol: f
 
         dx~/du = x~ - D(alpha_t x~, t),   t = t(sigma~ = e^u),
 
-    which is smooth at both ends for every schedule. Both ends need 0 < sigma~ < inf. A reference for
-    solver convergence tests (float64; returns x at t_end with x's dtype). Not differentiable.
+    which is smooth at both ends for every schedule. Both ends need 0 < sigma~ < inf, except that t_start
+    may be pure noise (alpha = 0, sigma~ = inf: a flow schedule at t = 1): the solve then starts in the
+    data-prediction variables y = x/sigma, v = alpha/sigma, dy/dv = D(sigma_t y, t), from v = 0 up to
+    v = min(1, 1/sigma~_end), and continues as above. A reference for solver convergence tests (float64;
+    returns x at t_end with x's dtype). Not differentiable.
     """
     from scipy.integrate import solve_ivp
 
@@ -260,21 +263,43 @@ def solve_pf_ode(denoiser: Denoiser, x: torch.Tensor, t_start, t_end, *, rtol: f
     sched = denoiser.schedule
     t_start, t_end = as_time(t_start), as_time(t_end)
     s0, s1 = float(sched.sigma_tilde(t_start)), float(sched.sigma_tilde(t_end))
-    if not (0 < s0 < math.inf and 0 < s1 < math.inf):
-        raise ValueError(f"solve_pf_ode needs 0 < sigma~ < inf at both ends; got {s0} and {s1}")
+    from_noise = s0 == math.inf and 0 < s1 < math.inf
+    if not ((0 < s0 < math.inf or from_noise) and 0 < s1 < math.inf):
+        raise ValueError(f"solve_pf_ode needs 0 < sigma~ < inf at both ends (or alpha = 0 at t_start); "
+                         f"got {s0} and {s1}")
+
+    def solve(f, span, y0):
+        sol = solve_ivp(f, span, y0, method=method, rtol=rtol, atol=atol)
+        if not sol.success:
+            raise RuntimeError(f"scipy solve_ivp failed: {sol.message}")
+        return torch.from_numpy(sol.y[:, -1]).reshape(x.shape)
+
+    def denoise(xt, t):
+        return denoiser(xt.to(x.dtype), t, **cond).to(torch.float64)
+
+    x64 = x.detach().to(torch.float64).cpu()
+    if from_noise:  # dy/dv = D(sigma y, t(v)) from v = 0 (y = x/sigma, v = alpha/sigma = 1/sigma~)
+        v1 = min(1.0, 1.0 / s1)
+
+        def f_noise(v, y):
+            y = torch.from_numpy(y).reshape(x.shape)
+            t = sched.t_of_lam(torch.tensor(math.log(v) if v > 0 else -math.inf, dtype=torch.float64))
+            return denoise(sched.sigma(t) * y, t).numpy().ravel()
+
+        y = solve(f_noise, (0.0, v1), (x64 / sched.sigma(t_start)).numpy().ravel())
+        t_start = sched.t_of_lam(torch.tensor(math.log(v1), dtype=torch.float64))
+        s0 = float(sched.sigma_tilde(t_start))
+        x64 = y * sched.sigma(t_start)
 
     def f(u, y):
         xt = torch.from_numpy(y).reshape(x.shape)
         t = sched.t_of_sigma_tilde(torch.tensor(math.exp(u), dtype=torch.float64))
-        x0 = denoiser((sched.alpha(t) * xt).to(x.dtype), t, **cond).to(torch.float64)
-        return (xt - x0).detach().cpu().numpy().ravel()
+        return (xt - denoise(sched.alpha(t) * xt, t)).numpy().ravel()
 
-    y0 = (x.detach().to(torch.float64).cpu() / sched.alpha(t_start)).numpy().ravel()
-    sol = solve_ivp(f, (math.log(s0), math.log(s1)), y0, method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"scipy solve_ivp failed: {sol.message}")
-    out = torch.from_numpy(sol.y[:, -1]).reshape(x.shape) * sched.alpha(t_end)
-    return out.to(dtype=x.dtype, device=x.device)
+    out = x64 / sched.alpha(t_start)
+    if s0 != s1:
+        out = solve(f, (math.log(s0), math.log(s1)), out.numpy().ravel())
+    return (out * sched.alpha(t_end)).to(dtype=x.dtype, device=x.device)
 
 
 __all__ = ["PFLikelihood", "bits_per_dim", "divergence_exact", "divergence_hutchinson", "draw_probes",

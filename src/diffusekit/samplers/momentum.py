@@ -10,7 +10,8 @@ step leaves them and samples blow up ("divergence artifacts"). Momentum enlarges
 
 In PLMS's variables x~ = x/alpha, sigma~ = sigma/alpha the PF-ODE is dx~/dsigma~ = eps_hat(x~, sigma~), and a
 step delta = sigma~_{n+1} - sigma~_n (< 0) is applied through the DDIM transfer function
-x_{n+1} = alpha_{n+1} (x_n/alpha_n + delta * e_step) (``plms._transfer``). With e_n = eps_hat at step n,
+x_{n+1} = alpha_{n+1} (x_n/alpha_n + delta * e_step) (``plms.transfer``; a step from alpha = 0 is the
+u-frame Euler step of ``exponential`` instead, and its e_n stays out of the mixer). With e_n = eps_hat at step n,
 c = min(order, n + 1) values of history, and AB_c / GHVB_c weights listed by ``ghvb_coefficients``:
 
 * HB (Alg. 1):    e^ = AB_c(e_n, e_{n-1}, ...);  v_n = e^ (n = 0),  v_n = (1 - beta) v_{n-1} + beta e^;
@@ -55,9 +56,9 @@ import torch
 from ..core.denoiser import Denoiser
 from ..core.grids import check_grid
 from ..core.noise import GeneratorArg
-from .dpm_solver import (_combine, _emit, _g, _grid, _multistep_frame, _multistep_weights, _special_first_order,
-                         _step_orders)
-from .plms import _transfer
+from .exponential import (Frame, combine, first_order_to_data, multistep_weights, points, rk_step_from_noise,
+                          run_multistep, step_orders)
+from .plms import transfer
 from .registry import register_sampler
 
 METHODS = ("hb", "ghvb")
@@ -154,8 +155,13 @@ def _sample_plms_momentum(method: str, denoiser: Denoiser, x: torch.Tensor, ts, 
     for i in range(len(ts) - 1):
         s, t = ts[i], ts[i + 1]
         x0 = denoiser(x, s, **cond)
-        e = (x - sched.alpha(s) * x0) / sched.sigma(s)
-        x = _transfer(sched, x, mixer(e), s, t)
+        if sched.alpha(s) == 0:  # pure noise (only ts[0]): the u-frame Euler step; e stays out of the mixer
+            p_s, p_t = points(sched, ts[i:i + 2])
+            x = first_order_to_data(x0, p_t).to(x.dtype) if p_t.sigma == 0 else \
+                rk_step_from_noise(denoiser, x, x0, p_s, p_t, "euler", cond)
+        else:
+            e = (x - sched.alpha(s) * x0) / sched.sigma(s)
+            x = transfer(sched, x, mixer(e), s, t)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": t, "x": x, "x0_hat": x0})
     return x
@@ -207,45 +213,32 @@ def _sample_dpm_pp_momentum(method: str, denoiser: Denoiser, x: torch.Tensor, ts
     if solver_type not in ("midpoint", "taylor") or (method == "ghvb" and solver_type != "midpoint"):
         allowed = "midpoint, taylor" if method == "hb" else "midpoint"
         raise ValueError(f"unknown solver_type {solver_type!r} for {method}; allowed: {allowed}")
-    cond = cond or {}
-    ts, pts = _grid(denoiser, ts)
-    n = len(ts) - 1
-    step_orders = _step_orders(n, order, lower_order_final, None)
-    history: list = []  # (point, m) with m = x0_hat (HB) or its running average v (GHVB), newest last
-    v = None
-    for i in range(n):
-        p_s, p_t = pts[i], pts[i + 1]
-        x0 = denoiser(x, p_s.t, **cond)
-        special = _special_first_order(x, x0, p_s, p_t)
-        if special is not None:
-            x, k = special, 1
-            if p_s.alpha == 0:  # a point with infinite lam cannot serve as history
-                history, v = [], None
-            _emit(callback, i, p_s.t, p_t.t, x, x0, k)
-            continue
-        if method == "ghvb":
-            v = x0 if (v is None or beta == 1.0) else (1.0 - beta) * v + beta * x0
-            history = (history + [(p_s, v)])[-order:]
-        else:
-            history = (history + [(p_s, x0)])[-order:]
-        k = min(step_orders[i], len(history))
-        ratio, c, hh, ms, rs = _multistep_frame(history, k, p_s, p_t, True)  # ms newest first
-        g1 = _g(hh, 1)[0]
+    n = len(check_grid(ts, denoiser.schedule)) - 1
+    state = {"v": None}  # the velocity: a running average of D (HB) or of x0_hat (GHVB)
+
+    def average(value):
+        v = state["v"]
+        state["v"] = value if (v is None or beta == 1.0) else (1.0 - beta) * v + beta * value
+        return state["v"]
+
+    def update(i, x, used, p_s, p_t):  # used: newest first, x0_hat (HB) or its running average (GHVB)
+        frame = Frame(p_s, p_t, True)
+        k, ms, rs = len(used), [m for _, m in used], [frame.r(p) for p, _ in used[1:]]
+        g1 = frame.g(1)[0]
         if method == "hb":
-            weights = _multistep_weights(rs, hh, solver_type, False) if rs else []
+            weights = multistep_weights(rs, frame.hh, solver_type, False) if rs else []
             if k < order:  # warm-up or lower-order final step: plain, v untouched
-                x = _combine(x, ratio, c, g1, ms, weights)
-            else:
-                d = ms[0]
-                for w, m in zip(weights, ms[1:]):
-                    d = d + (w / g1) * (m - ms[0])
-                v = d if (v is None or beta == 1.0) else (1.0 - beta) * v + beta * d
-                x = ratio * x - (c * g1) * v
-        else:
-            d = ms[0] if k == 1 else ms[0] + ((2.0 - beta) / (2.0 * beta) / rs[0]) * (ms[1] - ms[0])
-            x = ratio * x - (c * g1) * d
-        _emit(callback, i, p_s.t, p_t.t, x, x0, k)
-    return x
+                return combine(x, frame.ratio, frame.c, g1, ms, weights)
+            d = ms[0]
+            for w, m in zip(weights, ms[1:]):
+                d = d + (w / g1) * (m - ms[0])
+            return frame.ratio * x - (frame.c * g1) * average(d)
+        d = ms[0] if k == 1 else ms[0] + ((2.0 - beta) / (2.0 * beta) / rs[0]) * (ms[1] - ms[0])
+        return frame.ratio * x - (frame.c * g1) * d
+
+    output = (lambda x0, x, p: x0) if method == "hb" else (lambda x0, x, p: average(x0))
+    return run_multistep(denoiser, x, ts, data=True, orders=step_orders(n, order, lower_order_final, None),
+                         update=update, output=output, cond=cond, callback=callback)
 
 
 @register_sampler("dpm_solver_pp_hb", order=1, nfe_per_step=1, stochastic=False)

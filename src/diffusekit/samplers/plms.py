@@ -42,6 +42,11 @@ grid.
 A warm-up evaluation is impossible at sigma_t = 0 (eps_hat is undefined on clean data); a warm-up step
 that ends at t = 0 (grids of fewer than k steps) is taken as a plain AB step instead.
 
+The transfer function divides by alpha_s, so a step from alpha_s = 0 (a flow schedule at t = 1) is taken
+in the data-prediction variables y = x/sigma, u = alpha/sigma instead (``exponential.rk_step_from_noise``),
+with the same NFE: Euler there (= DDIM) for an AB step, Heun for the "heun" warm-up, classical RK4 (midpoint
+u_t/2) for the "prk" warm-up. That point's eps_hat never enters the AB history.
+
 ``callback``, if given, receives ``{"i", "t", "t_next", "x", "x0_hat"}`` after each step.
 """
 
@@ -53,7 +58,8 @@ import torch
 from ..core.denoiser import Denoiser
 from ..core.grids import check_grid
 from ..core.noise import GeneratorArg
-from .registry import register_sampler
+from .exponential import first_order_to_data, points, rk_step_from_noise
+from .registry import grid_shape, register_sampler
 
 # The classical Adams-Bashforth weights for equal steps, newest value first.
 AB_COEFFICIENTS = {
@@ -81,8 +87,9 @@ def ab_coefficients_variable(nodes, target) -> list[float]:
     return weights
 
 
-def _transfer(sched, x: torch.Tensor, eps: torch.Tensor, s, t) -> torch.Tensor:
-    """The DDIM transfer function phi(x_s, eps, s -> t) (PNDM eq. 9), in x's dtype."""
+def transfer(sched, x: torch.Tensor, eps: torch.Tensor, s, t) -> torch.Tensor:
+    """The DDIM transfer function phi(x_s, eps, s -> t) = alpha_t (x_s/alpha_s + (sigma~_t - sigma~_s) eps)
+    (PNDM eq. 9), in x's dtype; needs alpha_s > 0."""
     a_s, a_t = sched.alpha(s), sched.alpha(t)
     x_t = (a_t / a_s) * x + a_t * (sched.sigma_tilde(t) - sched.sigma_tilde(s)) * eps
     return x_t.to(x.dtype)
@@ -126,19 +133,30 @@ def sample_plms(denoiser: Denoiser, x: torch.Tensor, ts, *, order: int = 4, warm
     nodes: list[torch.Tensor] = []  # their sigma~
     for i in range(len(ts) - 1):
         s, t = ts[i], ts[i + 1]
+        if sched.alpha(s) == 0:  # pure noise: only ts[0] can be there
+            x0 = denoiser(x, s, **cond)
+            p_s, p_t = points(sched, ts[i:i + 2])
+            if p_t.sigma == 0:
+                x = first_order_to_data(x0, p_t).to(x.dtype)
+            else:
+                method = "euler" if order == 1 else {"ab": "euler", "heun": "heun", "prk": "rk4"}[warmup]
+                x = rk_step_from_noise(denoiser, x, x0, p_s, p_t, method, cond)
+            if callback is not None:
+                callback({"i": i, "t": s, "t_next": t, "x": x, "x0_hat": x0})
+            continue
         e, x0 = eps_at(x, s)
         history, nodes = (history + [e])[-order:], (nodes + [sched.sigma_tilde(s)])[-order:]
         lands_on_data = bool(sched.sigma(t) == 0)
         if warmup == "prk" and i < order - 1 and not lands_on_data:
             # Pseudo Runge-Kutta (eq. 13): classical RK4 stages, each advanced by the transfer function.
             mid = 0.5 * (s + t)
-            e2, _ = eps_at(_transfer(sched, x, e, s, mid), mid)
-            e3, _ = eps_at(_transfer(sched, x, e2, s, mid), mid)
-            e4, _ = eps_at(_transfer(sched, x, e3, s, t), t)
+            e2, _ = eps_at(transfer(sched, x, e, s, mid), mid)
+            e3, _ = eps_at(transfer(sched, x, e2, s, mid), mid)
+            e4, _ = eps_at(transfer(sched, x, e3, s, t), t)
             e_step = (e + 2 * e2 + 2 * e3 + e4) / 6
         elif warmup == "heun" and i == 0 and order > 1 and not lands_on_data:
             # Pseudo improved Euler (Stable Diffusion's PLMS start-up, diffusers' skip_prk_steps).
-            e2, _ = eps_at(_transfer(sched, x, e, s, t), t)
+            e2, _ = eps_at(transfer(sched, x, e, s, t), t)
             e_step = (e + e2) / 2
         else:
             if variable_step:
@@ -146,19 +164,30 @@ def sample_plms(denoiser: Denoiser, x: torch.Tensor, ts, *, order: int = 4, warm
             else:
                 weights = AB_COEFFICIENTS[len(history)]
             e_step = sum(c * e_j for c, e_j in zip(weights, reversed(history)))
-        x = _transfer(sched, x, e_step, s, t)
+        x = transfer(sched, x, e_step, s, t)
         if callback is not None:
             callback({"i": i, "t": s, "t_next": t, "x": x, "x0_hat": x0})
     return x
 
 
+def pndm_nfe(ts, order: int = 4) -> int:
+    """NFE of ``sample_pndm`` on a grid: 1 per step plus 3 for each pseudo Runge-Kutta warm-up step, i.e. each
+    of the first order - 1 steps that does not end at t = 0: n + 3 min(order - 1, n) (one fewer warm-up
+    step when the grid ends at t = 0 within them)."""
+    n, to_zero = grid_shape(ts)
+    warm = min(order - 1, n) - (1 if to_zero and n <= order - 1 else 0)
+    return n + 3 * warm
+
+
+@register_sampler("pndm", order=2, nfe_per_step=1, stochastic=False, nfe=pndm_nfe)
 def sample_pndm(denoiser: Denoiser, x: torch.Tensor, ts, *, order: int = 4, variable_step: bool = False,
                 cond: dict | None = None, generator: GeneratorArg = None, callback=None) -> torch.Tensor:
     """PNDM (Liu et al. 2022, arXiv 2202.09778, Alg. 2): ``sample_plms(..., warmup="prk")``. The first
     order - 1 steps are pseudo Runge-Kutta steps (4 NFE each), then PLMS; n + 3 (order - 1) NFE for
-    n steps, so it is not registered under a per-step NFE."""
+    n >= order steps (``pndm_nfe``: registered with nfe_per_step=1, its asymptotic rate). Order 2 with the
+    default fixed AB weights on general grids (see the module docstring; 4 on sigma~-uniform grids)."""
     return sample_plms(denoiser, x, ts, order=order, warmup="prk", variable_step=variable_step, cond=cond,
                        generator=generator, callback=callback)
 
 
-__all__ = ["AB_COEFFICIENTS", "ab_coefficients_variable", "sample_plms", "sample_pndm"]
+__all__ = ["AB_COEFFICIENTS", "ab_coefficients_variable", "pndm_nfe", "sample_plms", "sample_pndm", "transfer"]

@@ -14,8 +14,10 @@ import torch
 
 from ..core.denoiser import Denoiser
 from ..core.noise import GeneratorArg
-from .dpm_solver import (_check_algorithm, _combine, _emit, _frame, _g, _grid, _model_output, _Point, _solve,
-                         _special_first_order, _step_orders, _variant)
+from ..core.grids import check_grid
+from .exponential import (Frame, check_algorithm, combine, g_coefficients, model_output, run_multistep, solve_small,
+                          step_orders)
+from .registry import register_variant
 
 VARIANTS = ("bh1", "bh2")
 
@@ -38,10 +40,10 @@ def _unipc_weights(rs: Sequence[float], hh: float, variant: str) -> list[float]:
     big_b = _b_of_h(hh, variant)
     if len(rs) == 1:
         return [0.5 * big_b / rs[0]]
-    g = _g(hh, len(rs) + 1)
+    g = g_coefficients(hh, len(rs) + 1)
     r_mat = [[r**k for r in rs] for k in range(len(rs))]
     phi = [math.factorial(k + 1) * g[k + 1] / big_b for k in range(len(rs))]
-    return [big_b * a / r for a, r in zip(_solve(r_mat, phi), rs)]
+    return [big_b * a / r for a, r in zip(solve_small(r_mat, phi), rs)]
 
 
 def sample_unipc(denoiser: Denoiser, x: torch.Tensor, ts, *, order: int = 2, variant: str = "bh2",
@@ -76,52 +78,44 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, ts, *, order: int = 2, var
     ``callback`` gets ``{"i", "t", "t_next", "x", "x0_hat", "order"}`` after each step, x being the
     predictor's (uncorrected) result. Shapes: x (B, ...); ts (n + 1,) float64.
     """
-    data = _check_algorithm(algorithm)
+    data = check_algorithm(algorithm)
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
-    cond = cond or {}
-    ts, pts = _grid(denoiser, ts)
-    n = len(ts) - 1
-    step_orders = _step_orders(n, order, lower_order_final, orders)
+    n = len(check_grid(ts, denoiser.schedule)) - 1
     skip = {int(i) for i in disable_corrector}
-    keep = max(step_orders)
-    history: list[tuple[_Point, torch.Tensor]] = []  # (point, m), newest last
-    pending = None  # (x_s, point s, [(point, m)] used by the last predictor, newest first): for the corrector
-    for i in range(n):
-        p_s, p_t = pts[i], pts[i + 1]
-        x0 = denoiser(x, p_s.t, **cond)
-        m = _model_output(x0, x, p_s, data)
-        if pending is not None and use_corrector and (i - 1) not in skip:
-            x_prev, p_prev, used = pending
-            ratio, c, hh = _frame(p_prev, p_s, data)
-            h = p_s.lam - p_prev.lam
-            rs = [(p.lam - p_prev.lam) / h for p, _ in used[1:]] + [1.0]
-            ms = [mm for _, mm in used] + [m]
-            # m stays the output at the predicted point: the corrected point is never evaluated
-            x = _combine(x_prev, ratio, c, _g(hh, 1)[0], ms, _unipc_weights(rs, hh, variant))
-        special = _special_first_order(x, x0, p_s, p_t)
-        if special is not None:
-            x, k, pending, history = special, 1, None, []
-        else:
-            history = (history + [(p_s, m)])[-keep:]
-            k = min(step_orders[i], len(history))
-            used = history[::-1][:k]
-            ratio, c, hh = _frame(p_s, p_t, data)
-            h = p_t.lam - p_s.lam
-            rs = [(p.lam - p_s.lam) / h for p, _ in used[1:]]
-            weights = _unipc_weights(rs, hh, variant) if rs else []
-            pending = (x, p_s, used)
-            x = _combine(x, ratio, c, _g(hh, 1)[0], [mm for _, mm in used], weights)
-        _emit(callback, i, p_s.t, p_t.t, x, x0, k)
-    return x
+    pending = {}  # step i -> (x_s, frame of s -> t, [(point, m)] used by its predictor, newest first)
+
+    def update(i, x, used, p_s, p_t):
+        frame = Frame(p_s, p_t, data)
+        rs = [frame.r(p) for p, _ in used[1:]]
+        pending.clear()
+        pending[i] = (x, frame, used)
+        return combine(x, frame.ratio, frame.c, frame.g(1)[0], [m for _, m in used],
+                       _unipc_weights(rs, frame.hh, variant) if rs else [])
+
+    def correct(i, x, x0, p_s):
+        if not use_corrector or (i - 1) in skip or (i - 1) not in pending:
+            return x
+        x_prev, frame, used = pending[i - 1]
+        rs = [frame.r(p) for p, _ in used[1:]] + [1.0]
+        # m at the predicted point (the corrected point is never evaluated): the corrector costs no NFE
+        ms = [m for _, m in used] + [model_output(x0, x, p_s, data)]
+        return combine(x_prev, frame.ratio, frame.c, frame.g(1)[0], ms, _unipc_weights(rs, frame.hh, variant))
+
+    return run_multistep(denoiser, x, ts, data=data, orders=step_orders(n, order, lower_order_final, orders),
+                         update=update, correct=correct, cond=cond, callback=callback)
 
 
-sample_unipc_bh1_1 = _variant("unipc_bh1_1", sample_unipc, declared_order=2, nfe_per_step=1, variant="bh1", order=1)
-sample_unipc_bh1_2 = _variant("unipc_bh1_2", sample_unipc, declared_order=3, nfe_per_step=1, variant="bh1", order=2)
-sample_unipc_bh1_3 = _variant("unipc_bh1_3", sample_unipc, declared_order=4, nfe_per_step=1, variant="bh1", order=3)
-sample_unipc_bh2_1 = _variant("unipc_bh2_1", sample_unipc, declared_order=2, nfe_per_step=1, variant="bh2", order=1)
-sample_unipc_bh2_2 = _variant("unipc_bh2_2", sample_unipc, declared_order=3, nfe_per_step=1, variant="bh2", order=2)
-sample_unipc_bh2_3 = _variant("unipc_bh2_3", sample_unipc, declared_order=4, nfe_per_step=1, variant="bh2", order=3)
+def _register(name: str, variant: str, order: int):
+    return register_variant(name, sample_unipc, declared_order=order + 1, nfe_per_step=1, variant=variant, order=order)
+
+
+sample_unipc_bh1_1 = _register("unipc_bh1_1", "bh1", 1)
+sample_unipc_bh1_2 = _register("unipc_bh1_2", "bh1", 2)
+sample_unipc_bh1_3 = _register("unipc_bh1_3", "bh1", 3)
+sample_unipc_bh2_1 = _register("unipc_bh2_1", "bh2", 1)
+sample_unipc_bh2_2 = _register("unipc_bh2_2", "bh2", 2)
+sample_unipc_bh2_3 = _register("unipc_bh2_3", "bh2", 3)
 
 __all__ = ["VARIANTS", "sample_unipc", "sample_unipc_bh1_1", "sample_unipc_bh1_2", "sample_unipc_bh1_3",
            "sample_unipc_bh2_1", "sample_unipc_bh2_2", "sample_unipc_bh2_3"]
