@@ -15,17 +15,16 @@ an fp16 safeguard), which limits their agreement to ~1e-7 of the sample's scale;
 errors are therefore measured against |x| plus the sample's largest magnitude (``assert_agree``).
 """
 
+import diffusers  # the dev extra: a missing diffusers fails the suite rather than skipping it
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
-from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, grid_diffusers  # noqa: E402
-from diffusekit.core.schedules import betas_for  # noqa: E402
-from diffusekit.methods.thresholding import DynamicThresholdDenoiser  # noqa: E402
-from diffusekit.samplers.baseline import sample_ddim, sample_ddpm  # noqa: E402
-from diffusekit.samplers.karras import sample_euler_ancestral, sample_euler_sigma, sample_heun  # noqa: E402
-from diffusekit.samplers.plms import sample_plms  # noqa: E402
+from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, grid_diffusers
+from diffusekit.core.schedules import betas_for
+from diffusekit.methods.thresholding import DynamicThresholdDenoiser
+from diffusekit.samplers.baseline import sample_ddim, sample_ddpm
+from diffusekit.samplers.karras import sample_euler_ancestral, sample_euler_sigma, sample_heun
+from diffusekit.samplers.plms import sample_plms
 
 # diffusers converts tensors with np.array(tensor), which numpy 2 flags; not our concern here
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -7,18 +7,18 @@ diffusers computes its sigmas in float32 (and DPMSolverMultistep casts the sampl
 elementwise; the measured differences are ~1e-7 of the sample scale.
 """
 
+import diffusers  # the dev extra: a missing diffusers fails the suite rather than skipping it
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-pytestmark = [pytest.mark.filterwarnings("ignore:.*algorithm_type.*deprecated:FutureWarning"),
-              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
-
-from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, randn_like  # noqa: E402
-from diffusekit.samplers.dpm_solver import (diffusers_multistep_orders, diffusers_singlestep_orders,  # noqa: E402
+from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, randn_like
+from diffusekit.samplers.dpm_solver import (diffusers_multistep_orders, diffusers_singlestep_orders,
                                             grid_diffusers_dpm, sample_dpm_solver_grouped,
                                             sample_dpm_solver_multistep, sample_sde_dpm_solver_pp_2m)
-from diffusekit.samplers.unipc import sample_unipc  # noqa: E402
+from diffusekit.samplers.unipc import sample_unipc
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*algorithm_type.*deprecated:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 
 
 class UNetEps(torch.nn.Module):

@@ -7,22 +7,16 @@ from scipy.stats import multivariate_normal
 from diffusekit.core import FlowSchedule, GaussianMixture, VESchedule, VPDiscrete, VPLinear
 
 
-def small_mixture():
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
-    covs = torch.stack([0.1 * torch.eye(2), torch.tensor([[0.3, 0.12], [0.12, 0.2]]), 0.05 * torch.eye(2)]).double()
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
-
-
-def test_log_prob_matches_scipy():
-    g = small_mixture()
+def test_log_prob_matches_scipy(mixture):
+    g = mixture  # the shared test mixture (conftest)
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
     ref = sum(float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
               for w, m, c in zip(g.weights, g.means, g.covs))
     torch.testing.assert_close(g.log_prob(x), torch.log(torch.as_tensor(ref)), rtol=1e-10, atol=1e-10)
 
 
-def test_sampling_moments():
-    g = small_mixture()
+def test_sampling_moments(mixture):
+    g = mixture  # the shared test mixture (conftest)
     x = g.sample(200_000, torch.Generator().manual_seed(1))
     torch.testing.assert_close(x.mean(0), g.mean(), atol=0.01, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), g.covariance(), atol=0.02, rtol=0)
@@ -30,9 +24,9 @@ def test_sampling_moments():
 
 @pytest.mark.parametrize("schedule,t", [(VPDiscrete.named("linear"), 0.3), (VPLinear(), 0.6), (VESchedule(), 0.8),
                                         (FlowSchedule(), 0.5)], ids=["vp_discrete", "vp_linear", "ve", "flow"])
-def test_posterior_mean_against_monte_carlo(schedule, t):
+def test_posterior_mean_against_monte_carlo(mixture, schedule, t):
     """E[x0 | x_t] by self-normalised importance sampling over prior draws, weights N(x_t; alpha x0, sigma^2 I)."""
-    g = small_mixture()
+    g = mixture  # the shared test mixture (conftest)
     alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
     x0 = g.sample(400_000, torch.Generator().manual_seed(2))
     points = torch.tensor([[1.0, 0.5], [-0.5, -1.0], [0.2, 1.2]], dtype=torch.float64) * max(alpha, 0.5)
@@ -47,8 +41,8 @@ def test_posterior_mean_against_monte_carlo(schedule, t):
         assert torch.all((mc - e).abs() < 5 * mc_se + 1e-3), (mc, e, mc_se)
 
 
-def test_denoiser_limits():
-    g = small_mixture()
+def test_denoiser_limits(mixture):
+    g = mixture  # the shared test mixture (conftest)
     s = VPLinear()
     x = torch.randn(5, 2, dtype=torch.float64)
     torch.testing.assert_close(g.denoiser(s)(x, 0.0), x)  # sigma = 0: x0 = x / alpha, alpha = 1
@@ -56,8 +50,8 @@ def test_denoiser_limits():
     torch.testing.assert_close(far, g.mean().expand(5, 2))
 
 
-def test_marginal_density_is_gaussian_convolution():
-    g = small_mixture()
+def test_marginal_density_is_gaussian_convolution(mixture):
+    g = mixture  # the shared test mixture (conftest)
     alpha, sigma = 0.6, 0.8
     x = torch.randn(20, 2, dtype=torch.float64)
     ref = sum(float(w) * multivariate_normal(alpha * m.numpy(), (alpha**2 * c + sigma**2 * torch.eye(2)).numpy()).pdf(
@@ -65,11 +59,11 @@ def test_marginal_density_is_gaussian_convolution():
     torch.testing.assert_close(g.marginal_log_prob(x, alpha, sigma), torch.log(torch.as_tensor(ref)))
 
 
-def test_bad_mixtures():
+def test_bad_mixtures(mixture):
     with pytest.raises(ValueError, match="covs must have shape"):
         GaussianMixture(torch.zeros(2, 3), torch.eye(2).expand(2, 2, 2))
     with pytest.raises(ValueError, match="positive definite"):
         GaussianMixture(torch.zeros(1, 2), -torch.eye(2)[None])
     with pytest.raises(ValueError, match=r"expects x of shape \(B, 2\)"):
-        small_mixture().denoiser(VPLinear())(torch.zeros(3, 4), 0.5)
-    assert math.isclose(float(small_mixture().weights.sum()), 1.0)
+        mixture.denoiser(VPLinear())(torch.zeros(3, 4), 0.5)
+    assert math.isclose(float(mixture.weights.sum()), 1.0)

@@ -4,34 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from diffusekit.core import (CountingDenoiser, FlowSchedule, GaussianMixture, VESchedule, VPDiscrete, VPLinear,
+from diffusekit.core import (CountingDenoiser, FlowSchedule, VESchedule, VPDiscrete, VPLinear,
                              generators_from_seeds, grid_karras, prior_sample)
 from diffusekit.samplers.baseline import sample_ddim
 from diffusekit.samplers.karras import sample_euler_ancestral, sample_euler_sigma, sample_heun
 from diffusekit.samplers.likelihood import solve_pf_ode
-
-def smooth_mixture():
-    """2-D, 3 overlapping full-covariance components: smooth enough for solver orders to show at
-    moderate step counts (tight, well-separated modes need thousands of steps to reach the asymptotics)."""
-    means = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.0, -1.0]], dtype=torch.float64)
-    covs = torch.tensor([[[0.5, 0.2], [0.2, 0.4]], [[0.3, -0.1], [-0.1, 0.6]], [[0.4, 0.0], [0.0, 0.3]]],
-                        dtype=torch.float64)
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
-
-
-def tight_mixture():
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
-    covs = torch.stack([0.1 * torch.eye(2), torch.tensor([[0.3, 0.12], [0.12, 0.2]]), 0.05 * torch.eye(2)]).double()
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
 
 
 def moment_error(x, g):
     return float((x.mean(0) - g.mean()).norm() + (torch.cov(x.T) - g.covariance()).norm())
 
 
-def measured_order(fn, schedule, steps, *, grid=grid_karras, n=100, **options):
+def measured_order(smooth_mixture, fn, schedule, steps, *, grid=grid_karras, n=100, **options):
     """Slope of log(mean error) vs log(steps) against an adaptive DOP853 reference from the same x_T."""
-    den = smooth_mixture().denoiser(schedule)
+    den = smooth_mixture.denoiser(schedule)
     x = prior_sample(schedule, (n, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = grid(schedule, 2)
     ref = solve_pf_ode(den, x, ts[0], ts[-1])
@@ -42,17 +28,17 @@ def measured_order(fn, schedule, steps, *, grid=grid_karras, n=100, **options):
 
 @pytest.mark.parametrize("schedule", [VPLinear(), VESchedule()], ids=["vp_linear", "ve"])
 @pytest.mark.parametrize("fn,declared", [(sample_heun, 2), (sample_euler_sigma, 1)], ids=["heun", "euler_sigma"])
-def test_convergence_order(schedule, fn, declared):
+def test_convergence_order(smooth_mixture, schedule, fn, declared):
     assert fn.info.order == declared
-    slope, err = measured_order(fn, schedule, [8, 16, 32, 64] if declared == 2 else [32, 64, 128, 256])
+    slope, err = measured_order(smooth_mixture, fn, schedule, [8, 16, 32, 64] if declared == 2 else [32, 64, 128, 256])
     assert abs(slope - declared) < 0.3, (slope, err)
 
 
-@pytest.mark.parametrize("schedule", [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule(t_max=0.999)],
+@pytest.mark.parametrize("schedule", [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule()],
                          ids=lambda s: type(s).__name__)
-def test_heun_solves_the_pf_ode_for_every_schedule(schedule):
+def test_heun_solves_the_pf_ode_for_every_schedule(smooth_mixture, schedule):
     """Through x~ = x/alpha, one Heun works for VP (discrete and continuous), VE and flow schedules."""
-    den = smooth_mixture().denoiser(schedule)
+    den = smooth_mixture.denoiser(schedule)
     x = prior_sample(schedule, (50, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
     ts = grid_karras(schedule, 2)
     ref = solve_pf_ode(den, x, ts[0], ts[-1], rtol=1e-9, atol=1e-9)
@@ -60,9 +46,9 @@ def test_heun_solves_the_pf_ode_for_every_schedule(schedule):
     assert e100 < 1e-2 and 3.0 < e50 / e100 < 5.0, (e50, e100)
 
 
-def test_nfe_accounting():
+def test_nfe_accounting(smooth_mixture):
     s = VPLinear()
-    den = CountingDenoiser(smooth_mixture().denoiser(s))
+    den = CountingDenoiser(smooth_mixture.denoiser(s))
     x = torch.randn(4, 2, dtype=torch.float64)
     gen = lambda: generators_from_seeds(0, 4)  # noqa: E731
     cases = [
@@ -89,9 +75,9 @@ def test_nfe_accounting():
     (sample_euler_sigma, {"S_churn": 10.0}),
     (sample_euler_sigma, {"S_churn": 10.0, "diffusers_churn": True}),
 ], ids=["ancestral", "ancestral_eta", "heun_churn", "euler_churn", "euler_diffusers_churn"])
-def test_batch_size_invariance_with_per_sample_generators(fn, opts):
+def test_batch_size_invariance_with_per_sample_generators(mixture, fn, opts):
     s = VPDiscrete.named("linear")
-    den = tight_mixture().denoiser(s)
+    den = mixture.denoiser(s)
     seeds = list(range(200, 210))
     x = prior_sample(s, (10, 2), generators_from_seeds(seeds), dtype=torch.float64)
     ts = grid_karras(s, 12, t_end=0.0)
@@ -102,9 +88,9 @@ def test_batch_size_invariance_with_per_sample_generators(fn, opts):
     torch.testing.assert_close(again, full, rtol=0, atol=0)
 
 
-def test_deterministic_limits_and_the_ddim_equivalence():
+def test_deterministic_limits_and_the_ddim_equivalence(mixture):
     s = VPLinear()
-    den = tight_mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (16, 2), torch.Generator().manual_seed(2), dtype=torch.float64)
     ts = grid_karras(s, 10, t_end=0.0)
     euler = sample_euler_sigma(den, x, ts)
@@ -117,8 +103,8 @@ def test_deterministic_limits_and_the_ddim_equivalence():
 
 
 @pytest.mark.parametrize("schedule", [VPLinear(), VESchedule()], ids=["vp_linear", "ve"])
-def test_stochastic_samplers_sample_the_mixture(schedule):
-    g = tight_mixture()
+def test_stochastic_samplers_sample_the_mixture(mixture, schedule):
+    g = mixture  # the shared test mixture (conftest)
     den = g.denoiser(schedule)
     x = prior_sample(schedule, (6000, 2), torch.Generator().manual_seed(3), dtype=torch.float64)
     # Monte-Carlo noise of this statistic at 6000 samples is ~0.065 (true samples); at 30 steps both are ~0.3.
@@ -130,18 +116,18 @@ def test_stochastic_samplers_sample_the_mixture(schedule):
     assert moment_error(churned, g) < 0.15
 
 
-def test_callback_and_dtype():
+def test_callback_and_dtype(smooth_mixture):
     s = VESchedule()
     seen = []
     x = torch.randn(3, 2) * 80
-    out = sample_heun(smooth_mixture().denoiser(s), x, grid_karras(s, 5, t_end=0.0), callback=seen.append)
+    out = sample_heun(smooth_mixture.denoiser(s), x, grid_karras(s, 5, t_end=0.0), callback=seen.append)
     assert [d["i"] for d in seen] == list(range(5)) and float(seen[-1]["t_next"]) == 0.0
     assert out.dtype == torch.float32 and torch.equal(seen[-1]["x"].to(out.dtype), out)
 
 
-def test_bad_input():
+def test_bad_input(smooth_mixture):
     s = VPLinear()
-    den = smooth_mixture().denoiser(s)
+    den = smooth_mixture.denoiser(s)
     x, ts = torch.randn(2, 2), grid_karras(s, 3)
     with pytest.raises(ValueError, match="S_churn must be >= 0"):
         sample_heun(den, x, ts, S_churn=-1)

@@ -3,18 +3,11 @@ import math
 import pytest
 import torch
 
-from diffusekit.core import CountingDenoiser, GaussianMixture, VESchedule, VPLinear, generators_from_seeds, \
+from diffusekit.core import CountingDenoiser, VESchedule, VPLinear, generators_from_seeds, \
     grid_karras, prior_sample
 from diffusekit.samplers.karras import sample_heun
 from diffusekit.samplers.likelihood import (bits_per_dim, divergence_exact, divergence_hutchinson, draw_probes,
                                             pf_ode_drift, pf_ode_log_likelihood, solve_pf_ode)
-
-
-def mixture():
-    """The tight 2-D mixture of test_samplers: well separated, full covariances."""
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
-    covs = torch.stack([0.1 * torch.eye(2), torch.tensor([[0.3, 0.12], [0.12, 0.2]]), 0.05 * torch.eye(2)]).double()
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
 
 
 SCHEDULES = [VPLinear(t_min=1e-4), VESchedule(sigma_min=1e-3)]
@@ -29,10 +22,10 @@ def test_exact_divergence_of_a_linear_map():
 
 
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
-def test_hutchinson_is_unbiased(kind):
+def test_hutchinson_is_unbiased(mixture, kind):
     """Mean over many probes -> exact divergence of the GMM denoiser, within 5 standard errors."""
     s = VPLinear()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     fn = lambda y: den(y, 0.3)  # noqa: E731
     _, exact = divergence_exact(fn, x)
@@ -50,8 +43,8 @@ def test_hutchinson_is_unbiased(kind):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["vp_linear", "ve"])
-def test_log_likelihood_matches_the_exact_gmm_density(schedule):
-    g = mixture()
+def test_log_likelihood_matches_the_exact_gmm_density(mixture, schedule):
+    g = mixture  # the shared test mixture (conftest)
     den = CountingDenoiser(g.denoiser(schedule))
     x = g.sample(64, torch.Generator().manual_seed(2))
     exact_t_min = g.marginal_log_prob(x, schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min))
@@ -70,9 +63,9 @@ def test_log_likelihood_matches_the_exact_gmm_density(schedule):
     assert float((heun.log_prob - exact_t_min).abs().max()) < 0.05
 
 
-def test_hutchinson_log_likelihood_agrees_in_expectation():
+def test_hutchinson_log_likelihood_agrees_in_expectation(mixture):
     s = VPLinear(t_min=1e-3)
-    g = mixture()
+    g = mixture  # the shared test mixture (conftest)
     den = g.denoiser(s)
     x = g.sample(16, torch.Generator().manual_seed(3)).repeat(64, 1)  # 64 independent probes per point
     exact_prior = lambda y: g.marginal_log_prob(y, s.alpha(s.t_max), s.sigma(s.t_max))  # noqa: E731
@@ -85,9 +78,9 @@ def test_hutchinson_log_likelihood_agrees_in_expectation():
     assert float(((per_point.mean(0) - exact).abs() / stderr).max()) < 5
 
 
-def test_encoding_is_reversible_and_matches_the_samplers():
+def test_encoding_is_reversible_and_matches_the_samplers(mixture):
     s = VESchedule()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x_T = prior_sample(s, (20, 2), torch.Generator().manual_seed(4), dtype=torch.float64)
     x_0 = solve_pf_ode(den, x_T, s.t_max, s.t_min)
     torch.testing.assert_close(solve_pf_ode(den, x_0, s.t_min, s.t_max), x_T, rtol=1e-6, atol=1e-6)
@@ -106,9 +99,9 @@ def test_bits_per_dim():
     torch.testing.assert_close(bits_per_dim(lp, 2, bins=256), torch.tensor([8.0, 7.0], dtype=torch.float64))
 
 
-def test_bad_input():
+def test_bad_input(mixture):
     s = VPLinear()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = torch.randn(2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown solver"):
         pf_ode_log_likelihood(den, x, solver="euler")

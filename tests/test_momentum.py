@@ -11,21 +11,8 @@ from diffusekit.samplers.momentum import (MomentumMixer, ghvb_coefficients, mome
                                           sample_dpm_solver_pp_hb, sample_plms_ghvb, sample_plms_hb, solve_ode_momentum)
 from diffusekit.samplers.plms import AB_COEFFICIENTS, sample_plms
 
+
 MOMENTUM_SAMPLERS = [sample_plms_hb, sample_plms_ghvb, sample_dpm_solver_pp_hb, sample_dpm_solver_pp_ghvb]
-
-
-def mixture():
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
-    covs = torch.stack([0.1 * torch.eye(2), torch.tensor([[0.3, 0.12], [0.12, 0.2]]), 0.05 * torch.eye(2)]).double()
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
-
-
-def smooth_mixture():
-    """2-D, 3 overlapping components (as in test_plms): smooth enough for clean convergence slopes."""
-    means = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.0, -1.0]], dtype=torch.float64)
-    covs = torch.tensor([[[0.5, 0.2], [0.2, 0.4]], [[0.3, -0.1], [-0.1, 0.6]], [[0.4, 0.0], [0.0, 0.3]]],
-                        dtype=torch.float64)
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -51,18 +38,18 @@ def test_momentum_number():
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 @pytest.mark.parametrize("fn", [sample_plms_hb, sample_plms_ghvb], ids=["hb", "ghvb"])
-def test_plms_momentum_at_beta_one_is_plms_bit_for_bit(fn, order):
+def test_plms_momentum_at_beta_one_is_plms_bit_for_bit(mixture, fn, order):
     s = VPDiscrete.named("linear")
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (40, 2), torch.Generator().manual_seed(0))  # float32, as a network would run
     ts = make_grid("trailing", s, 9)
     assert torch.equal(fn(den, x, ts, order=order, beta=1.0), sample_plms(den, x, ts, order=order, warmup="ab"))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_dpm_solver_pp_hb_at_beta_one_is_dpm_solver_pp(order):
+def test_dpm_solver_pp_hb_at_beta_one_is_dpm_solver_pp(mixture, order):
     s = VPLinear()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (40, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = grid_logsnr(s, 9, t_end=0.0)
     for solver_type in ("midpoint", "taylor"):
@@ -72,19 +59,19 @@ def test_dpm_solver_pp_hb_at_beta_one_is_dpm_solver_pp(order):
 
 
 @pytest.mark.parametrize("order", [1, 2])
-def test_dpm_solver_pp_ghvb_at_beta_one_is_dpm_solver_pp(order):
+def test_dpm_solver_pp_ghvb_at_beta_one_is_dpm_solver_pp(mixture, order):
     s = VPDiscrete.named("linear")
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (40, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = make_grid("trailing", s, 9)
     torch.testing.assert_close(sample_dpm_solver_pp_ghvb(den, x, ts, order=order, beta=1.0),
                                sample_dpm_solver_multistep(den, x, ts, order=order), rtol=1e-12, atol=1e-12)
 
 
-def test_dpm_solver_pp_hb_first_step_is_plain_and_momentum_changes_later_steps():
+def test_dpm_solver_pp_hb_first_step_is_plain_and_momentum_changes_later_steps(mixture):
     """The reference starts v at the first second-order step: step 0 is plain DPM-Solver++."""
     s = VPLinear()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (10, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = grid_logsnr(s, 6, t_end=0.0)
     a, b = [], []
@@ -110,9 +97,9 @@ def test_mixer_matches_hand_written_updates():
 # Invariants
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fn", MOMENTUM_SAMPLERS, ids=lambda f: f.info.name)
-def test_nfe_shapes_and_final_time(fn):
+def test_nfe_shapes_and_final_time(mixture, fn):
     s = VPLinear()
-    den = CountingDenoiser(mixture().denoiser(s))
+    den = CountingDenoiser(mixture.denoiser(s))
     x = torch.randn(5, 2)
     seen = []
     out = fn(den, x, grid_uniform(s, 7, t_end=0.0), callback=seen.append)
@@ -123,17 +110,17 @@ def test_nfe_shapes_and_final_time(fn):
 
 
 @pytest.mark.parametrize("fn", MOMENTUM_SAMPLERS, ids=lambda f: f.info.name)
-def test_batch_size_invariance(fn):
+def test_batch_size_invariance(mixture, fn):
     s = VPDiscrete.named("linear")
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x = prior_sample(s, (12, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
     ts = make_grid("trailing", s, 8)
     torch.testing.assert_close(fn(den, x[3:5], ts), fn(den, x, ts)[3:5], rtol=1e-12, atol=1e-12)
 
 
-def test_bad_options():
+def test_bad_options(mixture):
     s = VPLinear()
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     x, ts = torch.randn(3, 2), grid_uniform(s, 4)
     with pytest.raises(ValueError, match="beta must be a number in"):
         sample_plms_hb(den, x, ts, beta=0.0)
@@ -150,8 +137,8 @@ def test_bad_options():
 # ------------------------------------------------------------------------------------------------
 # Convergence order on the exact GMM denoiser
 # ------------------------------------------------------------------------------------------------
-def _errors(fn, schedule, grid, steps, **options):
-    den = smooth_mixture().denoiser(schedule)
+def _errors(smooth_mixture, fn, schedule, grid, steps, **options):
+    den = smooth_mixture.denoiser(schedule)
     ts = grid(schedule, 2)
     x = prior_sample(schedule, (50, 2), torch.Generator().manual_seed(0), dtype=torch.float64, t=float(ts[0]))
     ref = solve_pf_ode(den, x, ts[0], ts[-1])
@@ -172,15 +159,15 @@ def _sigma_uniform(schedule, steps):
     (sample_dpm_solver_pp_hb, VPLinear(), grid_logsnr, [16, 32, 64, 128], {}),
     (sample_dpm_solver_pp_ghvb, VPLinear(), grid_logsnr, [16, 32, 64, 128], {}),
 ], ids=["plms_hb", "plms_ghvb", "dpm_solver_pp_hb", "dpm_solver_pp_ghvb"])
-def test_declared_order_with_default_options(fn, schedule, grid, steps, options):
-    err = _errors(fn, schedule, grid, steps, **options)
+def test_declared_order_with_default_options(smooth_mixture, fn, schedule, grid, steps, options):
+    err = _errors(smooth_mixture, fn, schedule, grid, steps, **options)
     assert abs(_slope(steps, err) - fn.info.order) < 0.3, err
 
 
-def test_ghvb_2_is_second_order_on_sigma_uniform_grids():
+def test_ghvb_2_is_second_order_on_sigma_uniform_grids(smooth_mixture):
     """GHVB of order r = 2 (Theorem 2) with beta = 0.8: second order where PLMS's weights are exact."""
     steps = [16, 32, 64, 128]
-    err = _errors(sample_plms_ghvb, VESchedule(), _sigma_uniform, steps, order=2, beta=0.8)
+    err = _errors(smooth_mixture, sample_plms_ghvb, VESchedule(), _sigma_uniform, steps, order=2, beta=0.8)
     assert abs(_slope(steps, err) - 2) < 0.3, err
 
 
@@ -244,10 +231,7 @@ def test_momentum_reduces_artifacts_on_the_digits_model():
     from diffusekit import zoo
     from diffusekit.core import CFGDenoiser
 
-    try:
-        net = zoo.load("digits_unet")
-    except zoo.ZooError as err:
-        pytest.skip(f"digits_unet not built: {err}")
+    net = zoo.load("digits_unet")  # shipped with the package (src/diffusekit/zoo/assets): missing is a failure
     from diffusekit.bench.momentum import far_outside_fraction
 
     den = CFGDenoiser(net, 8.0)

@@ -2,24 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffusekit.core import CountingDenoiser, GaussianMixture, VESchedule, VPLinear, grid_karras, grid_uniform, \
+from diffusekit.core import CountingDenoiser, VESchedule, VPLinear, grid_karras, grid_uniform, \
     prior_sample
 from diffusekit.samplers.baseline import sample_ddim
 from diffusekit.samplers.likelihood import solve_pf_ode
 from diffusekit.samplers.plms import AB_COEFFICIENTS, ab_coefficients_variable, sample_plms, sample_pndm
 
 
-def smooth_mixture():
-    """2-D, 3 overlapping full-covariance components (see test_karras.smooth_mixture)."""
-    means = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.0, -1.0]], dtype=torch.float64)
-    covs = torch.tensor([[[0.5, 0.2], [0.2, 0.4]], [[0.3, -0.1], [-0.1, 0.6]], [[0.4, 0.0], [0.0, 0.3]]],
-                        dtype=torch.float64)
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
-
-
-def errors(schedule, grid, steps, n=100, **options):
+def errors(smooth_mixture, schedule, grid, steps, n=100, **options):
     """Mean distance to an adaptive DOP853 reference of the PF-ODE from the same x_T, per step count."""
-    den = smooth_mixture().denoiser(schedule)
+    den = smooth_mixture.denoiser(schedule)
     ts = grid(schedule, 2)
     x = prior_sample(schedule, (n, 2), torch.Generator().manual_seed(0), dtype=torch.float64, t=float(ts[0]))
     ref = solve_pf_ode(den, x, ts[0], ts[-1])
@@ -37,45 +29,45 @@ def sigma_uniform(schedule, steps):
 
 
 @pytest.mark.parametrize("schedule", [VPLinear(), VESchedule()], ids=["vp_linear", "ve"])
-def test_declared_order_with_default_options(schedule):
+def test_declared_order_with_default_options(smooth_mixture, schedule):
     """Default PLMS-4 (fixed weights, AB warm-up) on a Karras grid: the declared order 2."""
     steps = [32, 64, 128, 256]
-    err = errors(schedule, grid_karras, steps)
+    err = errors(smooth_mixture, schedule, grid_karras, steps)
     assert abs(slope(steps, err) - sample_plms.info.order) < 0.3, err
 
 
 @pytest.mark.parametrize("order,steps", [(2, [8, 16, 32, 64]), (3, [16, 32, 64, 128]), (4, [16, 32, 64, 128, 256])])
-def test_pndm_reaches_order_k_on_sigma_uniform_grids(order, steps):
+def test_pndm_reaches_order_k_on_sigma_uniform_grids(smooth_mixture, order, steps):
     """PNDM (pseudo Runge-Kutta warm-up) with the paper's fixed weights is AB-k in sigma~."""
-    err = errors(VESchedule(), sigma_uniform, steps, order=order, warmup="prk")
+    err = errors(smooth_mixture, VESchedule(), sigma_uniform, steps, order=order, warmup="prk")
     assert abs(slope(steps, err) - order) < 0.3, err
 
 
 @pytest.mark.parametrize("order,steps", [(2, [32, 64, 128, 256]), (3, [32, 64, 128, 256]), (4, [64, 128, 256, 512])])
-def test_variable_step_reaches_order_k_on_karras_grids(order, steps):
-    err = errors(VPLinear(), grid_karras, steps, order=order, warmup="prk", variable_step=True)
+def test_variable_step_reaches_order_k_on_karras_grids(smooth_mixture, order, steps):
+    err = errors(smooth_mixture, VPLinear(), grid_karras, steps, order=order, warmup="prk", variable_step=True)
     assert abs(slope(steps, err) - order) < 0.3, err
 
 
-def test_warmup_accuracy_caps_the_order():
+def test_warmup_accuracy_caps_the_order(smooth_mixture):
     """A first-order (DDIM) first step leaves an O(h^2) error that no later AB4 step removes."""
     steps = [64, 128, 256]
-    ab = errors(VESchedule(), sigma_uniform, steps, order=4, warmup="ab")
-    prk = errors(VESchedule(), sigma_uniform, steps, order=4, warmup="prk")
+    ab = errors(smooth_mixture, VESchedule(), sigma_uniform, steps, order=4, warmup="ab")
+    prk = errors(smooth_mixture, VESchedule(), sigma_uniform, steps, order=4, warmup="prk")
     local = lambda e: np.log(e[-2] / e[-1]) / np.log(2)  # noqa: E731
     assert local(ab) < 2.5 and local(prk) > 3.5, (ab, prk)
 
 
-def test_fixed_weights_lose_order_on_non_uniform_grids():
+def test_fixed_weights_lose_order_on_non_uniform_grids(smooth_mixture):
     steps = [32, 64, 128, 256]
-    fixed = errors(VPLinear(), grid_karras, steps, order=4)
-    variable = errors(VPLinear(), grid_karras, steps, order=4, variable_step=True)
+    fixed = errors(smooth_mixture, VPLinear(), grid_karras, steps, order=4)
+    variable = errors(smooth_mixture, VPLinear(), grid_karras, steps, order=4, variable_step=True)
     assert slope(steps, fixed) < 2.5 and slope(steps, variable) > 3.0 and variable[-1] < fixed[-1] / 5
 
 
-def test_order_one_is_ddim():
+def test_order_one_is_ddim(smooth_mixture):
     s = VPLinear()
-    den = smooth_mixture().denoiser(s)
+    den = smooth_mixture.denoiser(s)
     x = prior_sample(s, (8, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
     ts = grid_uniform(s, 12, t_end=0.0)
     torch.testing.assert_close(sample_plms(den, x, ts, order=1), sample_ddim(den, x, ts), rtol=1e-12, atol=1e-12)
@@ -83,9 +75,9 @@ def test_order_one_is_ddim():
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 @pytest.mark.parametrize("warmup", ["ab", "heun", "prk"])
-def test_nfe_accounting(order, warmup):
+def test_nfe_accounting(smooth_mixture, order, warmup):
     s = VPLinear()
-    den = CountingDenoiser(smooth_mixture().denoiser(s))
+    den = CountingDenoiser(smooth_mixture.denoiser(s))
     n = 10
     out = sample_plms(den, torch.randn(3, 2), grid_uniform(s, n, t_end=0.0), order=order, warmup=warmup)
     expected = {"ab": n, "heun": n + (order > 1), "prk": n + 3 * (order - 1)}[warmup]
@@ -93,9 +85,9 @@ def test_nfe_accounting(order, warmup):
     assert out.shape == (3, 2) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def test_pndm_is_plms_with_prk_warmup_and_short_grids_work():
+def test_pndm_is_plms_with_prk_warmup_and_short_grids_work(smooth_mixture):
     s = VESchedule()
-    den = CountingDenoiser(smooth_mixture().denoiser(s))
+    den = CountingDenoiser(smooth_mixture.denoiser(s))
     x = 80 * torch.randn(4, 2, dtype=torch.float64)
     ts = grid_karras(s, 6)
     torch.testing.assert_close(sample_pndm(den, x, ts), sample_plms(den, x, ts, warmup="prk"), rtol=0, atol=0)
@@ -116,9 +108,9 @@ def test_ab_weights():
     assert abs(sum(c * p(u) for c, u in zip(w, [1.0, 1.5, 2.5])) - mean) < 1e-12
 
 
-def test_bad_input():
+def test_bad_input(smooth_mixture):
     s = VPLinear()
-    den = smooth_mixture().denoiser(s)
+    den = smooth_mixture.denoiser(s)
     with pytest.raises(ValueError, match="order must be 1, 2, 3 or 4"):
         sample_plms(den, torch.randn(2, 2), grid_uniform(s, 3), order=5)
     with pytest.raises(ValueError, match="unknown warmup 'rk'; allowed: ab, heun, prk"):

@@ -2,17 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffusekit.core import (CFGDenoiser, CountingDenoiser, FlowSchedule, GaussianMixture, VESchedule, VPDiscrete,
+from diffusekit.core import (CFGDenoiser, CountingDenoiser, FlowSchedule, VESchedule, VPDiscrete,
                              VPLinear, generators_from_seeds, grid_karras, grid_uniform, make_grid, prior_sample)
 from diffusekit.samplers import SAMPLERS, get_sampler, sample, sample_ddim, sample_ddpm, sample_euler
 
-SCHEDULES = [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule(t_max=0.999)]
 
-
-def mixture():
-    means = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
-    covs = torch.stack([0.1 * torch.eye(2), torch.tensor([[0.3, 0.12], [0.12, 0.2]]), 0.05 * torch.eye(2)]).double()
-    return GaussianMixture(means, covs, torch.tensor([0.5, 0.3, 0.2]))
+SCHEDULES = [VPDiscrete.named("linear"), VPLinear(), VESchedule(), FlowSchedule()]
 
 
 def grid(schedule, n):
@@ -25,8 +20,8 @@ def moment_error(x, g):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
-def test_ddim_with_exact_denoiser_converges_to_the_data_distribution(schedule):
-    g = mixture()
+def test_ddim_with_exact_denoiser_converges_to_the_data_distribution(mixture, schedule):
+    g = mixture  # the shared test mixture (conftest)
     den = g.denoiser(schedule)
     x_T = prior_sample(schedule, (20_000, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     errors = [moment_error(sample_ddim(den, x_T, grid(schedule, n)), g) for n in (4, 16, 64, 256)]
@@ -40,9 +35,9 @@ def test_ddim_with_exact_denoiser_converges_to_the_data_distribution(schedule):
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler"])
-def test_first_order_convergence_on_fine_grids(name):
+def test_first_order_convergence_on_fine_grids(mixture, name):
     """Slope of log-error vs log-steps against a fine reference solve of the same ODE from the same x_T."""
-    g = mixture()
+    g = mixture  # the shared test mixture (conftest)
     s = VPLinear()
     den = g.denoiser(s)
     x_T = prior_sample(s, (500, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -54,8 +49,8 @@ def test_first_order_convergence_on_fine_grids(name):
     assert abs(slope - get_sampler(name).order) < 0.3, (slope, err)
 
 
-def test_ddpm_equals_ddim_eta_one_with_the_same_noise():
-    g = mixture()
+def test_ddpm_equals_ddim_eta_one_with_the_same_noise(mixture):
+    g = mixture  # the shared test mixture (conftest)
     s = VPDiscrete.named("linear")
     den = g.denoiser(s)
     x = prior_sample(s, (64, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -65,23 +60,22 @@ def test_ddpm_equals_ddim_eta_one_with_the_same_noise():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_one_network_call_per_step_and_shapes(name):
-    if SAMPLERS[name].adaptive:
-        pytest.skip("adaptive step size: NFE is reported by the sampler (tested in its own module)")
+@pytest.mark.parametrize("name", sorted(k for k, v in SAMPLERS.items() if not v.adaptive))  # adaptive: own module
+def test_one_network_call_per_step_and_shapes(mixture, name):
     s = VPLinear()
-    den = CountingDenoiser(mixture().denoiser(s))
+    den = CountingDenoiser(mixture.denoiser(s))
     x = torch.randn(5, 2)
-    out = sample(name, den, x, grid_uniform(s, 7), **({"generator": torch.Generator().manual_seed(0)}
-                                                     if SAMPLERS[name].stochastic else {}))
-    assert den.calls == 7 * SAMPLERS[name].nfe_per_step
+    ts = grid_uniform(s, 7)
+    out = sample(name, den, x, ts, **({"generator": torch.Generator().manual_seed(0)}
+                                     if SAMPLERS[name].stochastic else {}))
+    assert den.calls == SAMPLERS[name].nfe(ts)  # every grid and sampler: tests/test_sampler_ends.py
     assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ["ddpm", "euler_maruyama", "ddim"])
-def test_batch_size_invariance_with_per_sample_generators(name):
+def test_batch_size_invariance_with_per_sample_generators(mixture, name):
     s = VPDiscrete.named("linear")
-    den = mixture().denoiser(s)
+    den = mixture.denoiser(s)
     seeds = list(range(100, 112))
     x = prior_sample(s, (12, 2), generators_from_seeds(seeds), dtype=torch.float64)
     opts = {"eta": 0.7} if name == "ddim" else {}
@@ -90,8 +84,8 @@ def test_batch_size_invariance_with_per_sample_generators(name):
     torch.testing.assert_close(part, full[3:5], rtol=1e-12, atol=1e-12)
 
 
-def test_euler_maruyama_samples_the_mixture():
-    g = mixture()
+def test_euler_maruyama_samples_the_mixture(mixture):
+    g = mixture  # the shared test mixture (conftest)
     s = VPLinear()
     x_T = prior_sample(s, (8000, 2), torch.Generator().manual_seed(3), dtype=torch.float64)
     x = sample("euler_maruyama", g.denoiser(s), x_T, grid_uniform(s, 400, t_end=1e-3),
@@ -99,32 +93,32 @@ def test_euler_maruyama_samples_the_mixture():
     assert moment_error(x, g) < 0.1
 
 
-def test_callback_sees_every_step_and_reaches_the_final_time():
+def test_callback_sees_every_step_and_reaches_the_final_time(mixture):
     s = VPLinear()
     seen = []
     ts = grid_uniform(s, 5, t_end=0.0)
-    sample_euler(mixture().denoiser(s), torch.randn(3, 2), ts, callback=seen.append)
+    sample_euler(mixture.denoiser(s), torch.randn(3, 2), ts, callback=seen.append)
     assert [d["i"] for d in seen] == list(range(5))
     assert float(seen[-1]["t_next"]) == 0.0
 
 
-def test_samplers_are_differentiable():
+def test_samplers_are_differentiable(mixture):
     s = VPLinear()
     x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
-    sample_ddim(mixture().denoiser(s), x, grid_uniform(s, 4)).sum().backward()
+    sample_ddim(mixture.denoiser(s), x, grid_uniform(s, 4)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_bad_sampler_input():
+def test_bad_sampler_input(mixture):
     s = VPLinear()
     with pytest.raises(ValueError, match="unknown sampler 'plms2'; available: ddim"):
         get_sampler("plms2")
     with pytest.raises(ValueError, match="strictly decreasing"):
-        sample_ddim(mixture().denoiser(s), torch.randn(2, 2), torch.tensor([0.1, 0.5]))
+        sample_ddim(mixture.denoiser(s), torch.randn(2, 2), torch.tensor([0.1, 0.5]))
     with pytest.raises(ValueError, match="eta must be >= 0"):
-        sample_ddim(mixture().denoiser(s), torch.randn(2, 2), grid_uniform(s, 3), eta=-1)
+        sample_ddim(mixture.denoiser(s), torch.randn(2, 2), grid_uniform(s, 3), eta=-1)
     with pytest.raises(ValueError, match="one per sample"):
-        sample_ddpm(mixture().denoiser(s), torch.randn(3, 2), grid_uniform(s, 3), generator=generators_from_seeds(0, 2))
+        sample_ddpm(mixture.denoiser(s), torch.randn(3, 2), grid_uniform(s, 3), generator=generators_from_seeds(0, 2))
 
 
 class _TinyConditional(torch.nn.Module):
