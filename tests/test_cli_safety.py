@@ -336,7 +336,7 @@ def test_bench_progress_is_off_without_a_terminal_or_with_no_progress(monkeypatc
     assert list(bench_progress(range(3), desc="x")) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("sampler", ["default", "dpm_solver_pp_2m", "ddim"])
+@pytest.mark.parametrize("sampler", ["default", "dpm_solver_pp_2m", "ddim", "heun", "pndm"])
 def test_sample_progress_bar_total_is_the_network_calls(sampler):
     from diffusekit.cli import _expected_nfe, _with_progress
     from diffusekit.core import make_grid
