@@ -62,12 +62,12 @@ def test_every_sampler_from_the_default_start(mixture, name, schedule):
     ts = make_grid("logsnr", s, STEPS, t_end=0.0)
     assert float(ts[0]) == s.t_max
     if info.stochastic:
-        x = prior_sample(s, (4000, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
-        ts = make_grid("logsnr", s, 3 * STEPS, t_end=0.0)
-        out = sample(name, den, x, ts, generator=generators_from_seeds(3, 4000))
+        x = prior_sample(s, (2000, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+        ts = make_grid("logsnr", s, 2 * STEPS, t_end=0.0)
+        out = sample(name, den, x, ts, generator=generators_from_seeds(3, 2000))
         assert torch.isfinite(out).all()
-        # the prior's own moment error is ~2.5; Monte-Carlo noise at 4000 samples ~0.03
-        assert moment_error(out, mixture) < 0.4
+        # measured 0.04-0.35 (2000 true samples: 0.13; the prior itself: >= 2)
+        assert moment_error(out, mixture) < 0.5
     else:
         out = sample(name, den, x, ts)
         assert torch.isfinite(out).all()
@@ -78,14 +78,19 @@ def test_every_sampler_from_the_default_start(mixture, name, schedule):
 # ------------------------------------------------------------------------------------------------
 # The step from alpha = 0 itself
 # ------------------------------------------------------------------------------------------------
-def _first_step_error(mixture, fn, lam_1, **options):
+@functools.lru_cache(maxsize=None)
+def _first_step_problem(mixture, lam_1):
+    """(denoiser, x at t = 1, t_1 = t(lam_1), reference x at t_1: DPM-Solver-3 on 400 steps)."""
     s = SCHEDULES["flow"]
     den = mixture.denoiser(s)
     x = prior_sample(s, (300, 2), torch.Generator().manual_seed(2), dtype=torch.float64)
     t_1 = float(s.t_of_lam(torch.tensor(lam_1, dtype=torch.float64)))
-    ref = sample_dpm_solver_singlestep(den, x, grid_uniform(s, 400, t_start=1.0, t_end=t_1), order=3)
-    out = fn(den, x, torch.tensor([1.0, t_1], dtype=torch.float64), **options)
-    return float((out - ref).norm(dim=1).mean())
+    return den, x, t_1, sample_dpm_solver_singlestep(den, x, grid_uniform(s, 400, t_start=1.0, t_end=t_1), order=3)
+
+
+def _first_step_error(mixture, fn, lam_1):
+    den, x, t_1, ref = _first_step_problem(mixture, lam_1)
+    return float((fn(den, x, torch.tensor([1.0, t_1], dtype=torch.float64)) - ref).norm(dim=1).mean())
 
 
 @pytest.mark.parametrize("name, local_order", [
