@@ -25,6 +25,7 @@ from ._tensor import as_time, per_sample
 from .schedules import Schedule
 
 PREDICTION_TYPES = ("eps", "x0", "v", "score", "velocity", "edm")
+ALPHA_DIVIDING = ("eps", "score", "edm")  # x0_hat divides by alpha: undefined where alpha = 0 (pure noise)
 
 
 def check_prediction(prediction: str) -> str:
@@ -52,6 +53,9 @@ def x0_from_prediction(pred: torch.Tensor, x: torch.Tensor, t, schedule: Schedul
     t, alpha, sigma = _coeffs(schedule, t, x)
     if prediction == "x0":
         return pred
+    if prediction in ALPHA_DIVIDING and bool((alpha == 0).any()):
+        raise ValueError(f"a {prediction}-prediction model cannot denoise at alpha = 0 (x0 = (x - sigma eps)/alpha); "
+                         "start the grid below t_max, or use a v, velocity or x0 prediction model")
     if prediction == "eps":
         return (x - sigma * pred) / alpha
     if prediction == "score":
