@@ -138,3 +138,12 @@ def test_fallback_grid_is_competitive_with_the_best_fixed_grid():
                 logs.append(math.log(fb / min(f for f in fixed if math.isfinite(f))))
     assert statistics.mean(logs) < 0.0  # better than the best fixed grid on average
     assert max(logs) < math.log(4.0)
+
+
+def test_degenerate_candidate_scores_inf():
+    schedule = VESchedule()
+    den = ring8_mixture().denoiser(schedule)
+    x_T = prior_sample(schedule, (4, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    fitness = D.TrajectoryFitness(den, x_T, reference_steps=50)
+    ts = torch.tensor([schedule.t_max, 1.0, 1.0, 0.5, 0.0], dtype=torch.float64)  # a repeated point
+    assert fitness(ts) == math.inf

@@ -183,7 +183,10 @@ class TrajectoryFitness:
 
     def __call__(self, ts: torch.Tensor) -> float:
         self.evaluations += 1
-        x = self.sample(ts)
+        try:
+            x = self.sample(ts)
+        except (ArithmeticError, ValueError, RuntimeError):  # a degenerate candidate (e.g. two points at one lam)
+            return math.inf
         if not bool(torch.isfinite(x).all()):
             return math.inf
         err = (x - self.reference).flatten(1).to(torch.float64).norm(dim=1).mean()
