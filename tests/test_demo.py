@@ -9,16 +9,16 @@ import sys
 import pytest
 
 from diffusekit.demo import run_demo
-from diffusekit.runtime import available_cores, busy_cores, choose_threads
+from diffusekit.runtime import ThreadGovernor, available_cores, busy_cores, choose_threads
 from diffusekit.samplers import DEFAULT
 from diffusekit.zoo.recipes import DEMO_NET, DEMO_TRAIN
 
 TINY = {"steps": 3, "n_per_class": 2, "sample_steps": 2, "progress": False}
-TIMING = {"train_seconds", "sample_seconds"}
+MACHINE = {"train_seconds", "sample_seconds", "train_steps_by_threads"}  # how fast, not what
 
 
 def _untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
+    return {k: v for k, v in metrics.items() if k not in MACHINE}
 
 
 def test_tiny_demo_files_keys_and_determinism(tmp_path):
@@ -36,6 +36,7 @@ def test_tiny_demo_files_keys_and_determinism(tmp_path):
     assert a["sampler_steps"] == 2 and a["sampler_options"] == DEFAULT["options"] and a["nfe"] >= 2
     assert set(a["by_guidance"]) == {"1", "2"} and a["num_samples"] == 20
     assert a["net"] == DEMO_NET
+    assert sum(a["train_steps_by_threads"].values()) == 3
     # same seed -> the same figures; another seed -> others
     b = run_demo(tmp_path / "b", seed=3, **TINY)
     assert _untimed(a) == _untimed(b)
@@ -114,5 +115,25 @@ def test_configure_threads_respects_the_user(monkeypatch):
         assert runtime.configure_threads() == 1 and torch.get_num_threads() == 1
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
         assert runtime.configure_threads() == 1  # chosen once
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_governor(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        fixed = ThreadGovernor(min_window=0.0)
+        assert not fixed.enabled and fixed() == torch.get_num_threads() and fixed.history == []
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        governor = ThreadGovernor(min_window=0.0)
+        sum(i * i for i in range(200_000))  # some CPU time of our own, which must not count as others' load
+        n = governor()
+        assert 1 <= n <= available_cores() and torch.get_num_threads() == n
+        other, chosen = governor.history[-1]
+        assert other >= 0 and chosen == n
+        assert ThreadGovernor(min_window=60.0)() == torch.get_num_threads()  # too soon: unchanged
     finally:
         torch.set_num_threads(before)

@@ -253,3 +253,18 @@ def test_zero_init_still_trains_output_layer():
     (net(x, torch.ones(4)) - x).square().mean().backward()
     assert net.conv_out.weight.grad.abs().sum() > 0
     assert net.conv_in.weight.grad.abs().sum() == 0
+
+
+def test_recipe_nets_and_the_shipped_digits_asset():
+    """The shipped digits_unet keeps its config and state-dict layout; the demo net is the small, attention-free one."""
+    from diffusekit import zoo
+    from diffusekit.nets.unet import AttentionBlock
+    from diffusekit.zoo.recipes import DEMO_NET, DIGITS_NET
+
+    state, meta = zoo.load_state("digits_unet")
+    assert meta["net"] == DIGITS_NET
+    built = build_net(meta["net"]).state_dict()
+    assert {k: tuple(v.shape) for k, v in built.items()} == {k: tuple(v.shape) for k, v in state.items()}
+    demo = build_net(DEMO_NET)
+    assert not any(isinstance(m, AttentionBlock) for m in demo.modules())
+    assert count_parameters(demo) < count_parameters(build_net(DIGITS_NET)) / 3

@@ -9,7 +9,7 @@ per class), ``loss.png`` and ``metrics.json``. Metrics use the shipped digits cl
 (``zoo:digits_classifier``): ``digits_fd`` (samples vs the test split), ``digits_fd_real`` (train split vs test
 split: the real data's own distance), ``digits_fd_baseline`` (a per-pixel Gaussian fitted to the train split vs
 test split), ``class_accuracy``, all at ``guidance``, and under ``by_guidance`` the FD and accuracy at both
-scales; the sampler, its grid, steps, options and NFE; the training steps, seconds and thread count.
+scales; the sampler, its grid, steps, options and NFE; the training steps, seconds and threads.
 ``samples.png`` shows the samples at ``guidance``.
 """
 
@@ -24,8 +24,12 @@ import torch
 from . import zoo
 from .data import load_dataset
 from .plotting import atomic_write_json, save_image_grid, save_loss_plot
+from .runtime import ThreadGovernor
 from .training.trainer import TrainConfig
 from .zoo.recipes import (DEMO_NET, DEMO_TRAIN, DIGITS_LOSS, DIGITS_SCHEDULE, evaluate_digits, train_model)
+
+
+THREAD_CHECK_STEPS = 50
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -64,10 +68,26 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, steps: int = DEMO_T
         raise ValueError(f"--out {out} exists and is not a directory")
     classifier = zoo.load("digits_classifier")
     train = load_dataset("digits", "train")
+    # every THREAD_CHECK_STEPS steps the thread count is re-fitted to the cores other processes leave free
+    # (runtime.ThreadGovernor); the trainer's periodic eval hook carries the call and logs the choice
+    governor = ThreadGovernor()
+    steps_by_threads: dict[str, int] = {}
+    counted = [0]
+
+    def count_steps(upto: int) -> None:
+        key = str(torch.get_num_threads())
+        steps_by_threads[key] = steps_by_threads.get(key, 0) + upto - counted[0]
+        counted[0] = upto
+
+    def refit_threads(model, step: int) -> dict:
+        count_steps(step)
+        return {"torch_threads": governor()}
+
     config = TrainConfig(**{**DEMO_TRAIN, "steps": steps}, seed=seed, log_every=100, max_seconds=train_seconds,
-                         progress=progress)
+                         eval_every=THREAD_CHECK_STEPS, progress=progress)
     trainer, loss, history = train_model(DEMO_NET, DIGITS_SCHEDULE, DIGITS_LOSS, (train.x, train.y), config,
-                                         seed=seed)
+                                         seed=seed, eval_fn=refit_threads)
+    count_steps(history["step"])
     denoiser = loss.denoiser(trainer.ema_model.eval())
     headline, samples = evaluate_digits(denoiser, classifier, n_per_class=n_per_class, guidance=guidance,
                                         steps=sample_steps, seed=seed, solver="default")
@@ -86,7 +106,7 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, steps: int = DEMO_T
         "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])),
         "seed": seed,
         "net": DEMO_NET,
-        "torch_threads": torch.get_num_threads(),
+        "train_steps_by_threads": {k: v for k, v in steps_by_threads.items() if v > 0},
     }
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.reshape(10, n_per_class, 1, 8, 8)[:, :10].reshape(-1, 1, 8, 8)
@@ -102,7 +122,9 @@ def summary(metrics: dict, out: Path) -> str:
                        for w, v in m["by_guidance"].items())
     stopped = (f" (stopped by --train-seconds before {m['train_steps_requested']}: the figures depend on this"
                " machine's speed)") if m["train_stopped_early"] else ""
-    return (f"trained {m['train_steps']} steps in {m['train_seconds']:.0f} s on {m['torch_threads']} thread(s)"
+    threads = ", ".join(f"{n} steps on {k} thread{'' if k == '1' else 's'}"
+                        for k, n in sorted(m["train_steps_by_threads"].items(), reverse=True))
+    return (f"trained {m['train_steps']} steps in {m['train_seconds']:.0f} s ({threads})"
             f"{stopped}; {m['num_samples']} samples with {m['sampler']} (NFE {m['nfe']})\n"
             f"  digits-FD {m['digits_fd']:.2f}  (real train-vs-test {m['digits_fd_real']:.2f}, "
             f"per-pixel Gaussian {m['digits_fd_baseline']:.2f})\n"

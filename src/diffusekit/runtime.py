@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["available_cores", "busy_cores", "choose_threads", "configure_threads"]
+__all__ = ["ThreadGovernor", "available_cores", "busy_cores", "choose_threads", "configure_threads"]
 
 _chosen: int | None = None
 
@@ -130,3 +130,59 @@ def configure_threads() -> int:
         if torch.get_num_threads() != _chosen:
             torch.set_num_threads(_chosen)
     return _chosen
+
+
+class ThreadGovernor:
+    """Re-fits torch's thread count to the cores other processes leave free, for long loops.
+
+    Each call measures, since the previous call, the CPU time spent on this process's cores (``/proc/stat``)
+    less this process's own CPU time: what other processes used, in cores. It then sets torch's
+    intra-op threads to ``choose_threads(cores, other)`` and returns the count. A process that starts on an
+    idle machine and meets a CPU-bound neighbour halfway drops to the free core at the next call instead
+    of collapsing, and takes the second core back when the neighbour ends. Call it from the thread that
+    runs torch (OpenMP thread counts are per calling thread), every second or so: calls less than
+    ``min_window`` seconds apart keep the current count. Does nothing where ``OMP_NUM_THREADS`` is set or
+    ``/proc/stat`` is unreadable.
+    """
+
+    def __init__(self, min_window: float = 0.5):
+        self.min_window = float(min_window)
+        self.cores = available_cores()
+        self.enabled = not os.environ.get("OMP_NUM_THREADS", "").strip()
+        self.history: list[tuple[float, int]] = []  # (other processes' busy cores, threads chosen)
+        self._mark = self._snapshot() if self.enabled else None
+
+    def _snapshot(self) -> tuple[float, float, int] | None:
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            allowed = None
+        try:
+            times = _cpu_times()
+        except (OSError, ValueError):
+            return None
+        busy = sum(b for cpu, (b, _) in times.items() if allowed is None or cpu in allowed)
+        return time.monotonic(), time.process_time(), busy
+
+    def __call__(self) -> int:
+        import torch
+
+        current = torch.get_num_threads()
+        if not self.enabled or self._mark is None:
+            return current
+        now = self._snapshot()
+        if now is None:
+            return current
+        elapsed = now[0] - self._mark[0]
+        if elapsed < self.min_window:
+            return current
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        used = (now[2] - self._mark[2]) / ticks  # CPU seconds on our cores, all processes
+        own = now[1] - self._mark[1]
+        other = max(0.0, used - own) / elapsed
+        self._mark = now
+        threads = choose_threads(self.cores, other)
+        if threads != current:
+            torch.set_num_threads(threads)
+        self.history.append((round(other, 3), threads))
+        return threads

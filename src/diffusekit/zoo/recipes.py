@@ -30,7 +30,7 @@ DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1
 DEMO_NET = {"name": "unet", "in_channels": 1, "base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
             "attention_resolutions": [], "num_classes": 10}
 # Trainer settings of the demo (TrainConfig fields); ``steps`` is the default length of ``diffusekit demo``.
-DEMO_TRAIN = {"steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995}
+DEMO_TRAIN = {"steps": 4000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995}
 
 # Unconditional model of 16 x 16 grey natural-image patches (the ``patches`` dataset, train images only):
 # one more resolution level than the digits net, attention at 4 x 4.
@@ -52,13 +52,13 @@ def make_loss(schedule_config: dict, loss_config: dict) -> DiffusionLoss:
 
 
 def train_model(net_config: dict, schedule_config: dict, loss_config: dict, data: tuple, train_config: TrainConfig,
-                *, out_dir=None, seed: int = 0):
-    """Build the net (seeded), train it, return (trainer, loss, history)."""
+                *, out_dir=None, seed: int = 0, eval_fn=None):
+    """Build the net (seeded), train it, return (trainer, loss, history). ``eval_fn``: see ``Trainer``."""
     torch.manual_seed(seed)
     net = build_net(net_config)
     loss = make_loss(schedule_config, loss_config)
     extra = {"schedule": schedule_config, "loss": loss_config}
-    trainer = Trainer(net, loss, data, train_config, out_dir=out_dir, extra_config=extra)
+    trainer = Trainer(net, loss, data, train_config, out_dir=out_dir, eval_fn=eval_fn, extra_config=extra)
     history = trainer.fit()
     return trainer, loss, history
 
@@ -72,7 +72,8 @@ def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> t
     ``solver="ddim"``: DDIM on the trailing grid (log-SNR grid ending at t = 0 for continuous schedules),
     ``steps`` default 50 (what the zoo manifests record). ``solver="default"``: the project default
     (``samplers.DEFAULT``: its sampler and options on ``default_timesteps(denoiser, steps)``), ``steps``
-    default ``DEFAULT["steps"]``. ``description``: ``{"sampler", "grid", "steps", "options"}``.
+    default ``DEFAULT["steps"]``. ``description``: ``{"sampler", "grid", "steps", "options", "timesteps"}``
+(the grid's name and the times it gave for this model).
     """
     from ..samplers import DEFAULT, default_timesteps, get_sampler
 
@@ -83,12 +84,14 @@ def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> t
         schedule = denoiser.schedule
         grid = "trailing" if isinstance(schedule, VPDiscrete) else "logsnr"
         ts = make_grid(grid, schedule, steps) if grid == "trailing" else make_grid(grid, schedule, steps, t_end=0.0)
-        return sample_ddim, ts, {}, {"sampler": "ddim", "grid": grid, "steps": steps, "options": {}}
+        return sample_ddim, ts, {}, {"sampler": "ddim", "grid": grid, "steps": steps, "options": {},
+                                     "timesteps": [float(t) for t in ts]}
     steps = DEFAULT["steps"] if steps is None else steps
     info = get_sampler(DEFAULT["sampler"])
     ts = default_timesteps(denoiser, steps)
     options = dict(DEFAULT["options"])
-    return info.fn, ts, options, {"sampler": info.name, "grid": DEFAULT["grid"], "steps": steps, "options": options}
+    return info.fn, ts, options, {"sampler": info.name, "grid": DEFAULT["grid"], "steps": steps, "options": options,
+                                  "timesteps": [float(t) for t in ts]}
 
 
 def _draw_digits(denoiser: NetworkDenoiser, labels: torch.Tensor, guidance: float, seed: int, solver: str,
@@ -122,8 +125,8 @@ def evaluate_digits(denoiser: NetworkDenoiser, classifier, *, n_per_class: int =
 
     Samples ``n_per_class`` per class with ``sample_digits`` (``solver``, ``steps``: see ``digits_solver``).
     The metrics record the sampler as one line (``sampler``) and its parts (``sampler_name``,
-    ``sampler_grid``, ``sampler_steps``, ``sampler_options``) with ``nfe``, the network calls per sample
-    batch (one CFG call evaluates the conditional and null labels together).
+    ``sampler_grid``, ``sampler_steps``, ``sampler_options``, ``sampler_timesteps``) with ``nfe``, the
+    network calls per sample batch (one CFG call evaluates the conditional and null labels together).
     """
     train = load_dataset("digits", "train")
     test = load_dataset("digits", "test")
@@ -143,6 +146,7 @@ def evaluate_digits(denoiser: NetworkDenoiser, classifier, *, n_per_class: int =
         "sampler_grid": desc["grid"],
         "sampler_steps": desc["steps"],
         "sampler_options": desc["options"],
+        "sampler_timesteps": desc["timesteps"],
         "nfe": nfe,
         "num_samples": len(labels),
         "sample_seconds": sample_seconds,
