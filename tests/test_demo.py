@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from diffusekit.demo import run_demo
-from diffusekit.runtime import ThreadGovernor, available_cores, busy_cores, choose_threads
+from diffusekit.runtime import ThreadGovernor, available_cores, busy_cores, choose_threads, next_threads
 from diffusekit.samplers import DEFAULT
 from diffusekit.zoo.recipes import DEMO_NET, DEMO_TRAIN
 
@@ -83,6 +83,10 @@ def test_choose_threads():
     assert choose_threads(8, 2.6) == 5
     assert choose_threads(4, None) == 4  # nothing measurable: every core
     assert available_cores() >= 1
+    # hysteresis: drop a thread at half a core taken, add one back only for a nearly free core
+    assert next_threads(2, 2, 0.6) == 1
+    assert next_threads(2, 1, 0.4) == 1 and next_threads(2, 1, 0.15) == 2
+    assert next_threads(2, 2, 0.4) == 2
     busy = busy_cores(0.02)
     assert busy is None or 0.0 <= busy <= os.cpu_count() + 1e-9
 

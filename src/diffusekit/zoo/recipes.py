@@ -25,11 +25,16 @@ DIGITS_SCHEDULE = {"name": "vp_discrete", "beta_schedule": "linear", "num_train_
 DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1}
 
 # The demo's network: the digits UNet without attention and at half the width (DIGITS_NET stays the shipped
-# asset's config). Profiled at batch 128 on 8 x 8 inputs, the 3 x 3 convolutions' backward and forward
-# passes take most of a step; their cost grows with channels squared, so halving the width ...
+# asset's config). Profiled at batch 128 on 8 x 8 inputs (torch.profiler), the 3 x 3 convolutions take ~60%
+# of a DIGITS_NET training step (backward 37%, forward 22%), attention ~5%, GroupNorm ~5%. Convolution cost
+# grows with channels squared, and attention over the 16 positions of the 4 x 4 level adds little here.
+# Side by side on 2 threads: DIGITS_NET 14 steps/s, without attention 17, and at width 16 also 42 (width 24:
+# 22); per unit of time width 16 reaches the targets sooner (seed 0, EMA 0.995: FD 8.7 / accuracy 0.954 at
+# 3000 steps, 8.5 / 0.955 at 4000; width 24: 8.9 / 0.961 at 2000, 8.8 / 0.962 at 4000).
 DEMO_NET = {"name": "unet", "in_channels": 1, "base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
             "attention_resolutions": [], "num_classes": 10}
-# Trainer settings of the demo (TrainConfig fields); ``steps`` is the default length of ``diffusekit demo``.
+# Trainer settings of the demo (TrainConfig fields); ``steps`` is the default length of ``diffusekit demo``:
+# about 100 s on 2 idle cores, and it meets the demo's targets with a margin on every seed tried.
 DEMO_TRAIN = {"steps": 4000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995}
 
 # Unconditional model of 16 x 16 grey natural-image patches (the ``patches`` dataset, train images only):
