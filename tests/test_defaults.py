@@ -57,9 +57,16 @@ def test_default_samples_finite_on_every_schedule(kind):
 @pytest.mark.parametrize("name", ["toy_ring8", "digits_unet", "patches_unet"])
 def test_default_grid_for_zoo_models(name):
     den = zoo.load(name)
-    ts = default_timesteps(den, 10)  # a network: the fixed fallback, no search
-    _assert_grid(ts, den.schedule, 10)
-    assert torch.equal(ts, D.fallback_timesteps(den.schedule, 10))
+    shipped = D.load_grid_file(D.PACKAGED_GRIDS_DIR)
+    for steps in (3, 5, 10):
+        ts = default_timesteps(den, steps)  # a network: a shipped searched grid, else the fixed fallback
+        _assert_grid(ts, den.schedule, steps)
+        entry = shipped.get(D._file_key(D._cache_key(den, steps)))
+        expected = D.fallback_timesteps(den.schedule, steps) if entry is None else \
+            torch.tensor(entry["ts"], dtype=torch.float64)
+        assert torch.equal(ts, expected)
+        # the shipped grids match the shipped weights (rebuilt weights: rerun defaults.search_zoo_grids())
+        assert (entry is not None) == (steps in D.ZOO_GRID_JOBS[name][2])
     if name == "toy_ring8":
         x = sample(DEFAULT["sampler"], den, prior_sample(den.schedule, (32, 2), torch.Generator().manual_seed(0)), ts)
         assert bool(torch.isfinite(x).all())

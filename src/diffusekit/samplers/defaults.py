@@ -54,6 +54,8 @@ BETA_RANGE, START_RANGE, END_RANGE = (-1.0, 2.0), (0.3, 1.0), (0.0, 0.6)
 REFINE_MAX_STEPS = 20  # per-point refinement up to this many steps (beyond, the family alone is within ~1.3x)
 GRID_FILE = "default_grids.json"
 GRID_FILE_FORMAT = "diffusekit.default_grids"
+# searched grids for the zoo's shipped models (keyed by weight fingerprint, so rebuilt weights never match)
+PACKAGED_GRIDS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "assets"
 
 _MEMORY: dict[tuple, dict] = {}
 
@@ -352,6 +354,7 @@ def _write_grid_file(directory, grids: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is shared data, like the checkpoint beside it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -391,10 +394,11 @@ def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str 
                       cache_dir=None) -> torch.Tensor:
     """The default grid for ``denoiser`` at ``steps`` steps (default ``DEFAULT['steps']``), float64.
 
-    A searched grid cached for this model (in memory, or in ``cache_dir/default_grids.json``, e.g. the
-    checkpoint's folder) is used as is. Otherwise ``search="auto"`` searches only where it is cheap (an
-    exact Gaussian-mixture denoiser: a fraction of a second to seconds) and falls back to the fixed grid
-    ``DEFAULT["fallback"]`` for networks; ``search=True`` always searches (and caches), False never does.
+    A searched grid cached for this model (in memory, in ``cache_dir/default_grids.json``, e.g. the
+    checkpoint's folder, or shipped beside the zoo's assets for the zoo's own weights) is used as is.
+    Otherwise ``search="auto"`` searches only where it is cheap (an exact Gaussian-mixture denoiser: about a
+    second to 17 s) and falls back to the fixed grid ``fallback_timesteps`` for networks (a search costs
+    ~10-90 s on a small network on CPU); ``search=True`` always searches (and caches), False never does.
     """
     steps = DEFAULT["steps"] if steps is None else steps
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
@@ -404,11 +408,32 @@ def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str 
     key = _cache_key(denoiser, steps)
     if key in _MEMORY:
         return torch.tensor(_MEMORY[key]["ts"], dtype=torch.float64)
-    if cache_dir is not None:
-        entry = load_grid_file(cache_dir).get(_file_key(key))
+    for directory in ((cache_dir,) if cache_dir is not None else ()) + (PACKAGED_GRIDS_DIR,):
+        entry = load_grid_file(directory).get(_file_key(key))
         if entry is not None:
             _MEMORY[key] = entry
             return torch.tensor(entry["ts"], dtype=torch.float64)
     if search is True or (search == "auto" and hasattr(denoiser, "mixture")):
         return search_default_grid(denoiser, steps, cache_dir=cache_dir).ts
     return fallback_timesteps(denoiser.schedule, steps)
+
+
+ZOO_GRID_JOBS = {"toy_ring8": ((2,), 64, (5, 10, 20)), "digits_unet": ((1, 8, 8), 16, (5, 10)),
+                 "patches_unet": ((1, 16, 16), 16, (5, 10))}
+
+
+def search_zoo_grids(assets_dir=None) -> dict:
+    """Search and store the default grids shipped for the zoo's models (``ZOO_GRID_JOBS``: sample shape, number
+    of prior samples, step counts; the null class for a conditional model) in ``assets_dir/default_grids.json``
+    (default: the zoo's assets). Returns {name: {steps: seconds}}. About 10 minutes on 2 CPU cores."""
+    from .. import zoo
+
+    assets_dir = PACKAGED_GRIDS_DIR if assets_dir is None else assets_dir
+    cost = {}
+    for name, (shape, n, steps_list) in ZOO_GRID_JOBS.items():
+        den = zoo.load(name)
+        cond = {"class_labels": torch.full((n,), den.null_class)} if den.num_classes is not None else None
+        cost[name] = {k: search_default_grid(den, k, n=n, shape=shape, cond=cond, cache_dir=assets_dir).seconds
+                      for k in steps_list}
+    return cost
+
