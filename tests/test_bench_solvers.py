@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401  (a missing dev extra fails, not skips)
+
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 

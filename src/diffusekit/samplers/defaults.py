@@ -30,8 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,17 +346,10 @@ def _file_key(key: tuple) -> str:
 
 
 def _write_grid_file(directory, grids: dict) -> None:
-    path = Path(directory) / GRID_FILE
+    from ..io import atomic_write_text
+
     text = json.dumps({"format": GRID_FILE_FORMAT, "version": 1, "grids": grids}, indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is shared data, like the checkpoint beside it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(Path(directory) / GRID_FILE, text + "\n")
 
 
 def search_default_grid(denoiser, steps: int, *, n: int = 64, seed: int = 0, shape: tuple | None = None,
