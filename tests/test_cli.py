@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from diffusekit.cli import main
 
@@ -182,3 +183,26 @@ def test_train_command_under_torchrun(tmp_path):
     meta = json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())
     assert meta["step"] == 4
     assert proc.stdout.count("trained ") == 1, proc.stdout  # only rank 0 prints the summary
+
+
+def test_sample_search_grid_is_cached_with_the_checkpoint(tmp_path):
+    from diffusekit.cli import load_denoiser
+    from diffusekit.samplers import defaults
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--steps", "3",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["sample", "--model", str(run), "--out", str(tmp_path / "a.npz"), "--count", "8", "--steps", "4",
+                 "--search-grid", "--no-progress"]) == 0
+    stored = defaults.load_grid_file(run)
+    assert len(stored) == 1
+    searched = torch.tensor(next(iter(stored.values()))["ts"], dtype=torch.float64)
+    defaults._MEMORY.clear()  # a later process: only the checkpoint folder remembers the search
+    den = load_denoiser(str(run))
+    torch.testing.assert_close(defaults.default_timesteps(den, 4, cache_dir=run), searched, rtol=0, atol=0)
+    defaults._MEMORY.clear()
+    fallback = defaults.fallback_timesteps(den.schedule, 4)
+    torch.testing.assert_close(defaults.default_timesteps(den, 4), fallback, rtol=0, atol=0)  # no cache given
+    assert not torch.equal(fallback, searched)
+    assert main(["sample", "--model", str(run), "--out", str(tmp_path / "b.npz"), "--count", "8", "--steps", "4",
+                 "--search-grid", "--grid", "logsnr"]) == 2
