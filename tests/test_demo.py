@@ -98,12 +98,13 @@ def _run(code: str, **env) -> str:
 
 
 def test_configure_threads_before_torch():
-    # the CLI module must not import torch before main() has set the OpenMP wait policy
+    # the CLI module imports torch only inside commands, after main() has chosen the thread count;
+    # the count fits the cores, and the OpenMP wait policy is left alone (PASSIVE halves 2-thread speed)
     code = ("import sys, os; import diffusekit.cli; assert 'torch' not in sys.modules\n"
             "from diffusekit.runtime import configure_threads; n = configure_threads()\n"
-            "import torch; print(os.environ['OMP_WAIT_POLICY'], n, torch.get_num_threads())")
+            "import torch; print(os.environ.get('OMP_WAIT_POLICY', '-'), n, torch.get_num_threads())")
     policy, n, torch_threads = _run(code).split()
-    assert policy == "PASSIVE" and int(n) == int(torch_threads) >= 1
+    assert policy == "-" and int(n) == int(torch_threads) >= 1
 
 
 def test_configure_threads_respects_the_user(monkeypatch):
@@ -136,8 +137,8 @@ def test_thread_governor(monkeypatch):
         sum(i * i for i in range(200_000))  # some CPU time of our own, which must not count as others' load
         n = governor()
         assert 1 <= n <= available_cores() and torch.get_num_threads() == n
-        other, chosen = governor.history[-1]
-        assert other >= 0 and chosen == n
+        other, wait, chosen = governor.history[-1]
+        assert other >= 0 and wait >= 0 and chosen == n
         assert ThreadGovernor(min_window=60.0)() == torch.get_num_threads()  # too soon: unchanged
     finally:
         torch.set_num_threads(before)

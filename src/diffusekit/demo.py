@@ -29,7 +29,7 @@ from .training.trainer import TrainConfig
 from .zoo.recipes import (DEMO_NET, DEMO_TRAIN, DIGITS_LOSS, DIGITS_SCHEDULE, evaluate_digits, train_model)
 
 
-THREAD_CHECK_STEPS = 20  # about every 0.5 s on 2 idle cores (the governor's window)
+THREAD_CHECK_STEPS = 5  # the governor acts at most every 0.5 s; a collapse is left within a few steps
 
 
 def _check_int(name: str, value, minimum: int) -> int:

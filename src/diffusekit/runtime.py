@@ -1,26 +1,31 @@
-"""Process-wide runtime settings for the command line, chosen once at start-up: torch's intra-op thread
-count and the OpenMP wait policy.
+"""Process-wide runtime settings for the command line: torch's intra-op thread count, chosen at start-up,
+and a governor that re-fits it during long loops.
 
 Why this matters: torch parallelises each operator over its OpenMP threads, and every operator ends in a
 barrier. The networks here are small (8 x 8 digits at batch 128: thousands of short operators per second),
-so a thread that has lost its core to another process holds up the others at every barrier, and with
-OpenMP's default *active* wait policy the waiting threads spin and take CPU time from that very thread.
-With one other CPU-bound process on a 2-core machine, two torch threads on the one free core slowed the
-demo from 12-14 to about 1 optimizer step per second.
+so a thread that has lost its core to another process holds up the others at every barrier. With one other
+CPU-bound process on a 2-core machine, two torch threads on the one free core ran the demo at about 1
+optimizer step per second.
 
-The choice (:func:`configure_threads`):
+Measured on the 2-core machine, demo net (``zoo.recipes.DEMO_NET``), batch 128, medians of side-by-side
+runs, steps/s:
 
-1. ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: a waiting thread sleeps instead of spinning. It is
-   read once when OpenMP starts, so it is set in ``os.environ`` before anything imports torch (the CLI
-   calls ``configure_threads()`` first, and ``diffusekit.cli`` imports torch only inside commands).
-2. Threads = the cores this process may run on (CPU affinity, and a cgroup CPU quota where one is set)
-   minus the cores that other processes keep busy, measured from ``/proc/stat`` over 0.1 s at start-up,
-   rounded to the nearest integer and at least 1. On an idle machine that is every core; with a core
-   taken, the threads fit the cores that are free, so a busy machine costs time in proportion (the
-   free share of the machine) instead of a collapse.
-3. ``OMP_NUM_THREADS`` set by the user wins (``make test`` sets 1), and nothing is measured.
+    threads, OpenMP wait policy       idle     one CPU-bound process running
+    2, default (spin, then sleep)     40-42    7-15  (0.3-9 with other loads too)
+    2, OMP_WAIT_POLICY=PASSIVE        20       3-7
+    1                                 29-31    29-30
 
-Measured figures (demo network, batch 128, medians) are in ``configure_threads``' docstring.
+So the rule is: never more threads than free cores, and no wait-policy change. One thread on the free core
+loses nothing to a neighbour; PASSIVE does not prevent the collapse (3-7 steps/s) and halves the speed of
+two threads on idle cores (every operator's barrier becomes a sleep and a wake-up), so it is not set
+(a user's ``OMP_WAIT_POLICY`` is still honoured by OpenMP).
+
+* :func:`configure_threads` (called first by the CLI): threads = the cores this process may run on (CPU
+  affinity, and a cgroup CPU quota where one is set) minus the cores other processes keep busy, measured
+  from ``/proc/stat`` over 0.1 s, rounded, at least 1. ``OMP_NUM_THREADS`` set by the user wins
+  (``make test`` sets 1), and nothing is measured.
+* :class:`ThreadGovernor`: long loops (the demo's training) call it every few steps; it drops a thread as
+  soon as another process takes a core, and adds one back when a core is free again.
 """
 
 from __future__ import annotations
@@ -119,16 +124,15 @@ def next_threads(cores: int, current: int, busy: float, up_margin: float = 0.3) 
 
 
 def configure_threads() -> int:
-    """Set the OpenMP wait policy and torch's intra-op thread count for this process; returns the count.
+    """Set torch's intra-op thread count for this process to the free cores; returns the count.
 
-    See the module docstring for the reasoning. Call it before anything imports torch (the wait policy
-    is read once, when OpenMP starts); later calls return the first choice. ``OMP_NUM_THREADS`` in the
-    environment is respected as given.
+    See the module docstring for the reasoning and figures. Later calls return the first choice.
+    ``OMP_NUM_THREADS`` in the environment is respected as given. Torch is imported only where the count
+    differs from torch's own default (every core), so ``diffusekit --help`` stays fast.
     """
     global _chosen
     if _chosen is not None:
         return _chosen
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     requested = os.environ.get("OMP_NUM_THREADS", "").strip()
     if requested.isdigit() and int(requested) > 0:
         _chosen = int(requested)
@@ -142,31 +146,58 @@ def configure_threads() -> int:
     return _chosen
 
 
+def _run_delay() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (``/proc/self/task/*/schedstat``)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 class ThreadGovernor:
     """Re-fits torch's thread count to the cores other processes leave free, for long loops.
 
-    Each call measures, since the previous call, the CPU time spent on this process's cores (``/proc/stat``)
-    less this process's own CPU time: what other processes used, in cores. It then sets torch's
-    intra-op threads to ``choose_threads(cores, other)`` and returns the count. A process that starts on an
-    idle machine and meets a CPU-bound neighbour halfway drops to the free core at the next call instead
-    of collapsing, and takes the second core back when the neighbour ends. Removing a thread follows
-    ``choose_threads``; adding one needs ``up_margin`` more free core (a second core at most 20% busy),
-    because a thread too many costs far more than one too few (measured here: 5-70x slower, against about 1.5x) and
-    our own threads, competing for the cores, depress the load we measure. Call it from the thread that
-    runs torch (OpenMP thread counts are per calling thread), every second or so: calls less than
-    ``min_window`` seconds apart keep the current count. Does nothing where ``OMP_NUM_THREADS`` is set or
-    ``/proc/stat`` is unreadable.
+    Each call looks at the time since the previous call and measures two things: ``other``, the CPU time
+    spent on this process's cores (``/proc/stat``) less this process's own, in cores; and ``wait``, the
+    fraction of that time our threads spent runnable but without a core (the scheduler's run delay,
+    ``/proc/self/task/*/schedstat``), per thread. Then:
+
+    * ``wait`` above ``max_wait`` (default 0.1) with more than one thread: our threads fight over cores, so
+      drop one thread, and wait ``backoff`` seconds (doubling on each repeat, up to 2 minutes) before
+      adding one again;
+    * otherwise ``next_threads(cores, current, other, up_margin)``: fewer threads as soon as others take
+      a core, more only for a core that is nearly free (``up_margin``).
+
+    A thread too many costs far more than one too few (measured here, demo net on 2 cores: two threads
+    sharing one free core ran 2-100x slower than one thread; one thread where two fit, 1.4x), so adding is the
+    cautious direction; while our threads occupy every core, the others' load we measure is depressed,
+    which the run delay makes up for. A process that starts on an idle machine and meets a CPU-bound
+    neighbour halfway drops to the free core within a call or two, and takes the second core back when
+    the neighbour ends. Call it from the thread that runs torch (OpenMP thread counts are per calling
+    thread), about every half second: calls less than ``min_window`` seconds apart keep the current count.
+    Does nothing where ``OMP_NUM_THREADS`` is set or ``/proc/stat`` is unreadable.
     """
 
-    def __init__(self, min_window: float = 0.5, up_margin: float = 0.3):
+    def __init__(self, min_window: float = 0.5, up_margin: float = 0.3, max_wait: float = 0.1,
+                 backoff: float = 5.0):
         self.min_window = float(min_window)
         self.up_margin = float(up_margin)
+        self.max_wait = float(max_wait)
+        self.backoff = float(backoff)
         self.cores = available_cores()
         self.enabled = not os.environ.get("OMP_NUM_THREADS", "").strip()
-        self.history: list[tuple[float, int]] = []  # (other processes' busy cores, threads chosen)
+        self.history: list[tuple[float, float, int]] = []  # (others' busy cores, our wait fraction, threads)
+        self._no_more_until = 0.0
         self._mark = self._snapshot() if self.enabled else None
 
-    def _snapshot(self) -> tuple[float, float, int] | None:
+    def _snapshot(self) -> tuple[float, float, int, float] | None:
         try:
             allowed = os.sched_getaffinity(0)
         except (AttributeError, OSError):
@@ -176,7 +207,7 @@ class ThreadGovernor:
         except (OSError, ValueError):
             return None
         busy = sum(b for cpu, (b, _) in times.items() if allowed is None or cpu in allowed)
-        return time.monotonic(), time.process_time(), busy
+        return time.monotonic(), time.process_time(), busy, _run_delay() or 0.0
 
     def __call__(self) -> int:
         import torch
@@ -194,9 +225,17 @@ class ThreadGovernor:
         used = (now[2] - self._mark[2]) / ticks  # CPU seconds on our cores, all processes
         own = now[1] - self._mark[1]
         other = max(0.0, used - own) / elapsed
+        wait = max(0.0, now[3] - self._mark[3]) / elapsed / current
         self._mark = now
-        threads = next_threads(self.cores, current, other, self.up_margin)
+        if current > 1 and wait > self.max_wait:
+            threads = min(current - 1, choose_threads(self.cores, other))
+            self._no_more_until = now[0] + self.backoff
+            self.backoff = min(2 * self.backoff, 120.0)
+        else:
+            threads = next_threads(self.cores, current, other, self.up_margin)
+            if threads > current and now[0] < self._no_more_until:
+                threads = current
         if threads != current:
             torch.set_num_threads(threads)
-        self.history.append((round(other, 3), threads))
+        self.history.append((round(other, 3), round(wait, 3), threads))
         return threads
