@@ -34,7 +34,9 @@ DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1
 DEMO_NET = {"name": "unet", "in_channels": 1, "base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
             "attention_resolutions": [], "num_classes": 10}
 # Trainer settings of the demo (TrainConfig fields); ``steps`` is the default length of ``diffusekit demo``:
-# about 100 s on 2 idle cores, and it meets the demo's targets with a margin on every seed tried.
+# 110 s of training on 2 nearly idle cores, 144 s on one core beside a CPU-bound process. Measured with the
+# default solver (unipc_bh2_3, 10 steps) at guidance 1, targets FD <= 2 x 5.64 and accuracy >= 0.93:
+# seed 0 FD 7.63 / accuracy 0.965, seed 1 7.49 / 0.967, seed 2 6.62 / 0.970.
 DEMO_TRAIN = {"steps": 4000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995}
 
 # Unconditional model of 16 x 16 grey natural-image patches (the ``patches`` dataset, train images only):
