@@ -21,7 +21,7 @@ def _error_line(capsys) -> str:
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--train-seconds", "2", "--max-steps", "3", "--per-class", "3",
+    rc = main(["demo", "--out", str(out), "--train-seconds", "2", "--steps", "3", "--per-class", "3",
                "--sample-steps", "2", "--no-progress"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())

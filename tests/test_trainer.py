@@ -134,6 +134,29 @@ def test_loss_falls_on_toy_regression():
     assert len(hist["loss"]) == 150 and not hist["stopped_early"] and hist["seconds"] > 0
 
 
+def test_thread_governor_is_consulted_and_steps_counted_per_thread_count():
+    from diffusekit.training.trainer import THREAD_CHECK_STEPS
+
+    before = torch.get_num_threads()
+    calls = []
+
+    def governor():  # drops to one thread at its second call, as runtime.ThreadGovernor does under load
+        calls.append(len(calls))
+        if len(calls) == 2:
+            torch.set_num_threads(1)
+        return torch.get_num_threads()
+
+    try:
+        torch.set_num_threads(2)
+        hist = Trainer(make_model(), denoise_loss, make_data(), cfg(steps=23), thread_governor=governor).fit()
+    finally:
+        torch.set_num_threads(before)
+    assert len(calls) == 23 // THREAD_CHECK_STEPS
+    assert hist["steps_by_threads"] == {"2": 2 * THREAD_CHECK_STEPS, "1": 23 - 2 * THREAD_CHECK_STEPS}
+    with pytest.raises(ValueError, match="thread_governor"):
+        Trainer(make_model(), denoise_loss, make_data(), cfg(), thread_governor=3)
+
+
 def test_ema_matches_hand_computed_two_steps():
     model = make_model()
     seen = []

@@ -19,8 +19,6 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-
 from . import zoo
 from .data import load_dataset
 from .plotting import atomic_write_json, save_image_grid, save_loss_plot
@@ -29,7 +27,6 @@ from .training.trainer import TrainConfig
 from .zoo.recipes import (DEMO_NET, DEMO_TRAIN, DIGITS_LOSS, DIGITS_SCHEDULE, evaluate_digits, train_model)
 
 
-THREAD_CHECK_STEPS = 5  # the governor acts at most every 0.5 s; a collapse is left within a few steps
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -68,26 +65,11 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, steps: int = DEMO_T
         raise ValueError(f"--out {out} exists and is not a directory")
     classifier = zoo.load("digits_classifier")
     train = load_dataset("digits", "train")
-    # every THREAD_CHECK_STEPS steps the thread count is re-fitted to the cores other processes leave free
-    # (runtime.ThreadGovernor); the trainer's periodic eval hook carries the call and logs the choice
-    governor = ThreadGovernor()
-    steps_by_threads: dict[str, int] = {}
-    counted = [0]
-
-    def count_steps(upto: int) -> None:
-        key = str(torch.get_num_threads())
-        steps_by_threads[key] = steps_by_threads.get(key, 0) + upto - counted[0]
-        counted[0] = upto
-
-    def refit_threads(model, step: int) -> dict:
-        count_steps(step)
-        return {"torch_threads": governor()}
-
+    # the trainer re-fits the thread count to the cores other processes leave free (runtime.ThreadGovernor)
     config = TrainConfig(**{**DEMO_TRAIN, "steps": steps}, seed=seed, log_every=100, max_seconds=train_seconds,
-                         eval_every=THREAD_CHECK_STEPS, progress=progress)
+                         progress=progress)
     trainer, loss, history = train_model(DEMO_NET, DIGITS_SCHEDULE, DIGITS_LOSS, (train.x, train.y), config,
-                                         seed=seed, eval_fn=refit_threads)
-    count_steps(history["step"])
+                                         seed=seed, thread_governor=ThreadGovernor())
     denoiser = loss.denoiser(trainer.ema_model.eval())
     headline, samples = evaluate_digits(denoiser, classifier, n_per_class=n_per_class, guidance=guidance,
                                         steps=sample_steps, seed=seed, solver="default")
@@ -106,7 +88,7 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, steps: int = DEMO_T
         "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])),
         "seed": seed,
         "net": DEMO_NET,
-        "train_steps_by_threads": {k: v for k, v in steps_by_threads.items() if v > 0},
+        "train_steps_by_threads": history["steps_by_threads"],
     }
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.reshape(10, n_per_class, 1, 8, 8)[:, :10].reshape(-1, 1, 8, 8)
@@ -139,7 +121,6 @@ def add_demo_arguments(d: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     d.add_argument("--steps", type=int, default=DEMO_TRAIN["steps"],
                    help="optimizer steps at batch 128 (default: %(default)s; about 2 minutes on 2 idle cores)")
-    d.add_argument("--max-steps", type=int, dest="steps", help=argparse.SUPPRESS)  # earlier name of --steps
     d.add_argument("--train-seconds", type=float, default=None,
                    help="optional wall-clock cap on training; the metrics then depend on the machine's speed "
                         "(default: no cap)")

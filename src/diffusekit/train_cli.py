@@ -302,6 +302,7 @@ def run_train(args) -> str | None:
     from .io import atomic_write_text
     from .nets import build_net, count_parameters
     from .plotting import save_loss_plot
+    from .runtime import ThreadGovernor
     from .training import distributed
     from .training.config import TrainConfig
     from .training.losses import DiffusionLoss
@@ -338,7 +339,8 @@ def run_train(args) -> str | None:
     tensors = (dataset.x, dataset.y) if conditional else (dataset.x,)
     with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
         trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
-                          extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg})
+                          extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg},
+                          thread_governor=ThreadGovernor())
     if args.resume:
         trainer.resume(out)
     if distributed.is_main_process():

@@ -67,6 +67,8 @@ from .config import TrainConfig
 from .interrupt import SignalStop, TrainingInterrupted
 from .state import LOG_FILE, derive_seed, restore_trainer, save_trainer, sweep_orphans
 
+THREAD_CHECK_STEPS = 5  # how often a thread governor is consulted (it acts at most every 0.5 s)
+
 __all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingInterrupted"]
 
 LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
@@ -106,11 +108,14 @@ class Trainer:
         out_dir: str | Path | None = None,
         eval_fn: EvalFn | None = None,
         extra_config: Mapping | None = None,
+        thread_governor: Callable[[], int] | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise ValueError("loss_fn must be callable as loss_fn(model, batch, generator)")
+        if thread_governor is not None and not callable(thread_governor):
+            raise ValueError("thread_governor must be None or a callable returning the thread count")
         if eval_fn is not None and not callable(eval_fn):
             raise ValueError("eval_fn must be None or callable as eval_fn(model, step)")
         if not isinstance(config, TrainConfig):
@@ -134,6 +139,11 @@ class Trainer:
         self.config = config
         self.loss_fn = loss_fn
         self.eval_fn = eval_fn
+        # re-fits torch's thread count to the free cores (runtime.ThreadGovernor) every THREAD_CHECK_STEPS
+        # steps; single-process runs only (under DDP every rank keeps its threads)
+        self.thread_governor = thread_governor if thread_governor is not None and not dist_utils.world_size() > 1 \
+            else None
+        self._steps_by_threads: dict[str, int] = {}
         self.extra_config = dict(extra_config) if extra_config is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.data = tuple(data)
@@ -329,6 +339,7 @@ class Trainer:
             "step": self.step,
             "seconds": seconds,
             "stopped_early": self.stopped_early,
+            "steps_by_threads": dict(self._steps_by_threads),
         }
 
     def fit(self) -> dict:
@@ -368,6 +379,10 @@ class Trainer:
                     step = self.step
                     bar.update(1)
                     bar.set_postfix(loss=f"{interval_loss[-1]:.4g}", refresh=False)
+                    key = str(torch.get_num_threads())
+                    self._steps_by_threads[key] = self._steps_by_threads.get(key, 0) + 1
+                    if self.thread_governor is not None and step % THREAD_CHECK_STEPS == 0:
+                        self.thread_governor()
 
                     if step % cfg.log_every == 0 or step == cfg.steps:
                         self._flush_log(interval_loss, interval_gn, lr)

@@ -59,13 +59,15 @@ def make_loss(schedule_config: dict, loss_config: dict) -> DiffusionLoss:
 
 
 def train_model(net_config: dict, schedule_config: dict, loss_config: dict, data: tuple, train_config: TrainConfig,
-                *, out_dir=None, seed: int = 0, eval_fn=None):
-    """Build the net (seeded), train it, return (trainer, loss, history). ``eval_fn``: see ``Trainer``."""
+                *, out_dir=None, seed: int = 0, eval_fn=None, thread_governor=None):
+    """Build the net (seeded), train it, return (trainer, loss, history). ``eval_fn``, ``thread_governor``: see
+    ``Trainer``."""
     torch.manual_seed(seed)
     net = build_net(net_config)
     loss = make_loss(schedule_config, loss_config)
     extra = {"schedule": schedule_config, "loss": loss_config}
-    trainer = Trainer(net, loss, data, train_config, out_dir=out_dir, eval_fn=eval_fn, extra_config=extra)
+    trainer = Trainer(net, loss, data, train_config, out_dir=out_dir, eval_fn=eval_fn, extra_config=extra,
+                      thread_governor=thread_governor)
     history = trainer.fit()
     return trainer, loss, history
 
