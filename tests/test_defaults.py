@@ -154,3 +154,15 @@ def test_degenerate_candidate_scores_inf():
     fitness = D.TrajectoryFitness(den, x_T, reference_steps=50)
     ts = torch.tensor([schedule.t_max, 1.0, 1.0, 0.5, 0.0], dtype=torch.float64)  # a repeated point
     assert fitness(ts) == math.inf
+
+
+def test_default_grid_kind_says_which_grid_is_used(tmp_path):
+    from diffusekit import zoo
+    from diffusekit.samplers.defaults import _MEMORY, default_grid_kind, fallback_timesteps
+
+    den = zoo.load("toy_ring8")  # a network with searched grids shipped for 5, 10 and 20 steps
+    assert default_grid_kind(den, 10) == "searched"
+    assert not torch.equal(default_timesteps(den, 10), fallback_timesteps(den.schedule, 10))
+    _MEMORY.clear()
+    assert default_grid_kind(den, 7) == "fallback"
+    torch.testing.assert_close(default_timesteps(den, 7), fallback_timesteps(den.schedule, 7), rtol=0, atol=0)

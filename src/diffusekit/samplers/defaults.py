@@ -381,6 +381,28 @@ def search_default_grid(denoiser, steps: int, *, n: int = 64, seed: int = 0, sha
     return res
 
 
+def _cached_entry(denoiser, steps: int, cache_dir) -> dict | None:
+    """The searched grid stored for this model at ``steps`` (memory, ``cache_dir``, the zoo's file), or None."""
+    key = _cache_key(denoiser, steps)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    for directory in ((cache_dir,) if cache_dir is not None else ()) + (PACKAGED_GRIDS_DIR,):
+        entry = load_grid_file(directory).get(_file_key(key))
+        if entry is not None:
+            _MEMORY[key] = entry
+            return entry
+    return None
+
+
+def default_grid_kind(denoiser, steps: int | None = None, *, cache_dir=None) -> str:
+    """Which grid ``default_timesteps(denoiser, steps, cache_dir=cache_dir)`` (search="auto") gives: "searched"
+    (a stored search, or an exact mixture, searched on the fly) or "fallback" (the fixed grid)."""
+    steps = DEFAULT["steps"] if steps is None else steps
+    if _cached_entry(denoiser, steps, cache_dir) is not None or hasattr(denoiser, "mixture"):
+        return "searched"
+    return "fallback"
+
+
 def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str = "auto",
                       cache_dir=None) -> torch.Tensor:
     """The default grid for ``denoiser`` at ``steps`` steps (default ``DEFAULT['steps']``), float64.
@@ -396,14 +418,9 @@ def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str 
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
     if search not in (False, "auto", True):
         raise ValueError(f"search must be True, False or 'auto'; got {search!r}")
-    key = _cache_key(denoiser, steps)
-    if key in _MEMORY:
-        return torch.tensor(_MEMORY[key]["ts"], dtype=torch.float64)
-    for directory in ((cache_dir,) if cache_dir is not None else ()) + (PACKAGED_GRIDS_DIR,):
-        entry = load_grid_file(directory).get(_file_key(key))
-        if entry is not None:
-            _MEMORY[key] = entry
-            return torch.tensor(entry["ts"], dtype=torch.float64)
+    entry = _cached_entry(denoiser, steps, cache_dir)
+    if entry is not None:
+        return torch.tensor(entry["ts"], dtype=torch.float64)
     if search is True or (search == "auto" and hasattr(denoiser, "mixture")):
         return search_default_grid(denoiser, steps, cache_dir=cache_dir).ts
     return fallback_timesteps(denoiser.schedule, steps)

@@ -85,6 +85,7 @@ def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> t
 (the grid's name and the times it gave for this model).
     """
     from ..samplers import DEFAULT, default_timesteps, get_sampler
+    from ..samplers.defaults import default_grid_kind
 
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
@@ -99,7 +100,8 @@ def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> t
     info = get_sampler(DEFAULT["sampler"])
     ts = default_timesteps(denoiser, steps)
     options = dict(DEFAULT["options"])
-    return info.fn, ts, options, {"sampler": info.name, "grid": DEFAULT["grid"], "steps": steps, "options": options,
+    grid = default_grid_kind(denoiser, steps)  # "searched", or "fallback" (a fixed grid) for a fresh network
+    return info.fn, ts, options, {"sampler": info.name, "grid": grid, "steps": steps, "options": options,
                                   "timesteps": [float(t) for t in ts]}
 
 
