@@ -84,13 +84,18 @@ def _cpu_times() -> dict[int, tuple[int, int]]:
     return times
 
 
+def _allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on (its affinity set), or None where that cannot be read."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+
+
 def busy_cores(window: float = 0.1) -> float | None:
     """Cores of this process's affinity set kept busy by other processes, averaged over ``window`` seconds
     (this process sleeps meanwhile, so it does not count itself). None where ``/proc/stat`` is unreadable."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        allowed = None
+    allowed = _allowed_cpus()
     try:
         before = _cpu_times()
         time.sleep(window)
@@ -198,10 +203,7 @@ class ThreadGovernor:
         self._mark = self._snapshot() if self.enabled else None
 
     def _snapshot(self) -> tuple[float, float, int, float] | None:
-        try:
-            allowed = os.sched_getaffinity(0)
-        except (AttributeError, OSError):
-            allowed = None
+        allowed = _allowed_cpus()
         try:
             times = _cpu_times()
         except (OSError, ValueError):

@@ -78,15 +78,19 @@ def _churn(denoiser: Denoiser, x_tilde: torch.Tensor, t, sigma, gamma: float, S_
     return x_hat, t_hat, sigma_hat
 
 
-def _from_noise(denoiser: Denoiser, x: torch.Tensor, s, t, cond: dict, method: str):
-    """The first step from alpha_s = 0: (x~_t, x0_hat(x_s, s)) by the u-frame ``method`` ("euler"/"heun")."""
+def _from_noise(denoiser: Denoiser, x: torch.Tensor, i: int, s, t, cond: dict, method: str, callback):
+    """The first step from alpha_s = 0 by the u-frame ``method`` ("euler"/"heun"): returns x~_t (in x0_hat's
+    dtype) and reports the step to ``callback`` like any other step."""
     sched = denoiser.schedule
     x0 = denoiser(x, s, **cond)
     p_s, p_t = points(sched, torch.stack([s, t]).cpu())
     if p_t.sigma == 0:
-        return x0, x0
-    x_t = rk_step_from_noise(denoiser, x, x0, p_s, p_t, method, cond)
-    return x_t / sched.alpha(t), x0
+        x_tilde = x0
+    else:
+        x_tilde = (rk_step_from_noise(denoiser, x, x0, p_s, p_t, method, cond) / sched.alpha(t)).to(x0.dtype)
+    if callback is not None:
+        callback({"i": i, "t": s, "t_next": t, "x": sched.alpha(t) * x_tilde, "x0_hat": x0})
+    return x_tilde
 
 
 @register_sampler("euler_sigma", order=1, nfe_per_step=1, stochastic=False)
@@ -119,10 +123,7 @@ def sample_euler_sigma(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: floa
     x_tilde = x / sched.alpha(steps[0][1])
     for i, s, t in steps:
         if sched.alpha(s) == 0:
-            x_tilde, x0 = _from_noise(denoiser, x, s, t, cond, "euler")
-            x_tilde = x_tilde.to(x0.dtype)
-            if callback is not None:
-                callback({"i": i, "t": s, "t_next": t, "x": sched.alpha(t) * x_tilde, "x0_hat": x0})
+            x_tilde = _from_noise(denoiser, x, i, s, t, cond, "euler", callback)
             continue
         sigma, sigma_next = sched.sigma_tilde(s), sched.sigma_tilde(t)
         gamma = _gamma(sigma, len(steps), S_churn, S_min, S_max)
@@ -218,10 +219,7 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, ts, *, S_churn: float = 0.0
     x_tilde = x / sched.alpha(steps[0][1])
     for i, s, t in steps:
         if sched.alpha(s) == 0:
-            x_tilde, x0 = _from_noise(denoiser, x, s, t, cond, "heun")
-            x_tilde = x_tilde.to(x0.dtype)
-            if callback is not None:
-                callback({"i": i, "t": s, "t_next": t, "x": sched.alpha(t) * x_tilde, "x0_hat": x0})
+            x_tilde = _from_noise(denoiser, x, i, s, t, cond, "heun", callback)
             continue
         sigma, sigma_next = sched.sigma_tilde(s), sched.sigma_tilde(t)
         gamma = _gamma(sigma, len(steps), S_churn, S_min, S_max)
