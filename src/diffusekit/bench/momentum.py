@@ -25,7 +25,7 @@ from ..samplers.dpm_solver import sample_dpm_solver_multistep
 from ..samplers.momentum import (sample_dpm_solver_pp_ghvb, sample_dpm_solver_pp_hb, sample_plms_ghvb,
                                  sample_plms_hb, solve_ode_momentum)
 from ..samplers.plms import sample_plms
-from . import register_bench
+from . import bench_progress, register_bench
 
 GUIDANCE = 8.0
 FAR = 1.5  # a pixel is "far outside" [-1, 1] when |x| > FAR before clipping
@@ -95,7 +95,7 @@ def _gmm(nfes, n) -> dict:
     ref = sample_ddim(den, x, make_grid("trailing", s, 500))
     ref_norm = float(ref.norm(dim=1).mean())
     rows = {}
-    for name, (fn, opts) in METHODS.items():
+    for name, (fn, opts) in bench_progress(METHODS.items(), desc="momentum: guided GMM", total=len(METHODS)):
         rows[name] = {}
         for nfe in nfes:
             y = fn(den, x, make_grid("trailing", s, nfe), **opts)
@@ -124,7 +124,7 @@ def _digits(nfes, n_per_class, ref_steps) -> dict | None:
         ref = sample_ddim(den, x, make_grid("trailing", s, ref_steps), cond=cond)
         ref_rms = float(_rms(ref).mean())
         rows, examples = {}, {}
-        for name, (fn, opts) in METHODS.items():
+        for name, (fn, opts) in bench_progress(METHODS.items(), desc="momentum: digits", total=len(METHODS)):
             rows[name] = {}
             for nfe in nfes:
                 y = fn(den, x, make_grid("trailing", s, nfe), cond=cond, **opts)

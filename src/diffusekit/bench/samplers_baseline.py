@@ -16,7 +16,7 @@ from ..core import VPDiscrete, grid_uniform, prior_sample
 from ..data import aniso8d_mixture, ring8_mixture
 from ..metrics import sliced_wasserstein
 from ..samplers import SAMPLERS, sample, sample_ddim
-from . import register_bench
+from . import bench_progress, register_bench
 
 SAMPLER_NAMES = ("ddim", "euler", "ddpm", "euler_maruyama")
 
@@ -42,7 +42,7 @@ def _run(quick: bool):
                                    generator=torch.Generator().manual_seed(3))
         reference = sample_ddim(den, x_T, grid_uniform(schedule, ref_steps, t_end=0.0))
         rows = {}
-        for name in SAMPLER_NAMES:
+        for name in bench_progress(SAMPLER_NAMES, desc=f"samplers_baseline {pname}"):
             rows[name] = {}
             for nfe in nfes:
                 opts = {"generator": torch.Generator().manual_seed(4)} if SAMPLERS[name].stochastic else {}
