@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default=None, help=f"registered sampler, see the list below (default: "
                    f"{DEFAULT['sampler']}, with its default options)")
     s.add_argument("--steps", type=int, default=None, help=f"sampler steps (default: {DEFAULT['steps']})")
-    s.add_argument("--grid", default=None, help="time grid, see the list below (default: the default sampler's "
-                   f"grid for this model, {DEFAULT['grid']} or a searched one)")
+    s.add_argument("--grid", default=None, help="time grid, see the list below (default: the default grid for "
+                   "this model: a stored search (zoo models, --search-grid) or a fixed fallback grid)")
     s.add_argument("--search-grid", action="store_true",
                    help="search the default grid for this model and step count now (data-free; seconds to a "
                         "minute) and cache it in the checkpoint folder")
