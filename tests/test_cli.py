@@ -123,6 +123,7 @@ def test_every_bench_is_listed(capsys):
 
 
 @pytest.mark.parametrize("argv,expected", [
+    (["demo", "--steps", "0", "--out", "{tmp}/d"], "steps must be an integer >= 1"),
     (["train", "--data", "mnist", "--out", "{tmp}/x", "--steps", "1"], "unknown dataset 'mnist'; available:"),
     (["sample", "--model", "zoo:digits_unet", "--sampler", "plms9", "--out", "{tmp}/a.png"], "unknown sampler 'plms9'"),
     (["sample", "--model", "zoo:nope", "--out", "{tmp}/a.png"], "unknown zoo model 'nope'"),

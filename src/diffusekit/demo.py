@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from . import zoo
+from .errors import UserError
 from .data import load_dataset
 from .plotting import atomic_write_json, save_image_grid, save_loss_plot
 from .runtime import ThreadGovernor
@@ -31,13 +32,13 @@ from .zoo.recipes import (DEMO_NET, DEMO_TRAIN, DIGITS_LOSS, DIGITS_SCHEDULE, ev
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise UserError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return value
 
 
 def _check_scale(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        raise UserError(f"{name} must be a finite number >= 0; got {value!r}")
     return float(value)
 
 
@@ -57,12 +58,12 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, steps: int = DEMO_T
         sample_steps = _check_int("sample_steps", sample_steps, 1)
     if train_seconds is not None and (isinstance(train_seconds, bool) or not isinstance(train_seconds, (int, float))
                                       or not train_seconds > 0 or not math.isfinite(train_seconds)):
-        raise ValueError(f"train_seconds must be a finite number > 0 or None (no cap); got {train_seconds!r}")
+        raise UserError(f"train_seconds must be a finite number > 0 or None (no cap); got {train_seconds!r}")
     guidance = _check_scale("guidance", guidance)
     extra_guidance = _check_scale("extra_guidance", extra_guidance)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
+        raise UserError(f"--out {out} exists and is not a directory")
     classifier = zoo.load("digits_classifier")
     train = load_dataset("digits", "train")
     # the trainer re-fits the thread count to the cores other processes leave free (runtime.ThreadGovernor)
