@@ -207,15 +207,21 @@ def test_train_command_under_torchrun(tmp_path):
     assert proc.stdout.count("trained ") == 1, proc.stdout  # only rank 0 prints the summary
 
 
-def test_sample_search_grid_is_cached_with_the_checkpoint(tmp_path):
+def test_sample_search_grid_is_cached_with_the_checkpoint(tmp_path, capsys):
     from diffusekit.cli import load_denoiser
     from diffusekit.samplers import defaults
 
     run = tmp_path / "run"
     assert main(["train", "--data", "gmm_ring8", "--num-examples", "256", "--batch-size", "64", "--steps", "3",
                  "--out", str(run), "--no-progress"]) == 0
+    plain = ["sample", "--model", str(run), "--count", "8", "--steps", "4", "--no-progress", "--out"]
+    capsys.readouterr()
+    assert main(plain + [str(tmp_path / "before.npz")]) == 0
+    assert "fixed fallback grid is used; add --search-grid" in capsys.readouterr().err
     assert main(["sample", "--model", str(run), "--out", str(tmp_path / "a.npz"), "--count", "8", "--steps", "4",
                  "--search-grid", "--no-progress"]) == 0
+    assert main(plain + [str(tmp_path / "after.npz")]) == 0
+    assert "fallback" not in capsys.readouterr().err.split("searching the default grid")[-1]
     stored = defaults.load_grid_file(run)
     assert len(stored) == 1
     searched = torch.tensor(next(iter(stored.values()))["ts"], dtype=torch.float64)

@@ -125,7 +125,7 @@ def _time_grid(args, denoiser, steps: int, shape: tuple, labels):
     and caches it in the checkpoint folder, so later calls reuse it."""
     from .core import make_grid
     from .samplers import default_timesteps
-    from .samplers.defaults import search_default_grid
+    from .samplers.defaults import default_grid_kind, search_default_grid
 
     if args.search_grid and args.grid is not None:
         raise CLIError("--search-grid searches the default grid; it cannot be combined with --grid")
@@ -139,6 +139,10 @@ def _time_grid(args, denoiser, steps: int, shape: tuple, labels):
             print(f"searching the default grid for {args.model} at {steps} steps (data-free; cached"
                   f"{' in ' + str(cache_dir) if cache_dir else ' for this run'})", file=sys.stderr)
             return search_default_grid(denoiser, steps, n=16, shape=shape, cond=cond, cache_dir=cache_dir).ts
+        if default_grid_kind(denoiser, steps, cache_dir=cache_dir) == "fallback":
+            print(f"note: no grid has been searched for this model at {steps} steps, so the fixed fallback grid is "
+                  "used; add --search-grid once (seconds; cached with the checkpoint) for a grid fitted to it",
+                  file=sys.stderr)
         return default_timesteps(denoiser, steps, cache_dir=cache_dir)
     if args.grid in DIFFUSERS_GRIDS:
         if args.t_end is not None:
