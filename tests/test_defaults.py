@@ -166,3 +166,21 @@ def test_default_grid_kind_says_which_grid_is_used(tmp_path):
     _MEMORY.clear()
     assert default_grid_kind(den, 7) == "fallback"
     torch.testing.assert_close(default_timesteps(den, 7), fallback_timesteps(den.schedule, 7), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prediction,starts_at_t_max", [("eps", False), ("score", False), ("v", True),
+                                                        ("velocity", True), ("x0", True)])
+def test_default_grid_starts_where_the_model_can_denoise(prediction, starts_at_t_max):
+    from diffusekit.core import NetworkDenoiser
+    from diffusekit.nets import build_net
+
+    torch.manual_seed(0)
+    den = NetworkDenoiser(build_net({"name": "mlp", "dim": 2}).eval(), FlowSchedule(), prediction)
+    ts = default_timesteps(den, 6)
+    assert (float(ts[0]) == 1.0) is starts_at_t_max
+    if not starts_at_t_max:  # lam = -5.1 at the first point: alpha > 0, so x0 = (x - sigma eps)/alpha is finite
+        assert 0.99 < float(ts[0]) < 1.0 and float(den.schedule.alpha(ts[0])) > 0
+    x_T = prior_sample(den.schedule, (16, 2), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = sample(DEFAULT["sampler"], den, x_T, ts, **DEFAULT["options"])
+    assert torch.isfinite(x).all()

@@ -27,6 +27,7 @@ noise.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ import torch
 
 from ..core.grids import make_grid
 from ..core.noise import prior_sample
+from ..core.predictions import ALPHA_DIVIDING
 from ..core.schedules import VPDiscrete
 
 DEFAULT: dict = {"sampler": "unipc_bh2_3", "grid": "searched", "steps": 10, "options": {},
@@ -133,6 +135,28 @@ def fallback_params(steps: int) -> dict:
             "end": fb["end"][0] + f * (fb["end"][1] - fb["end"][0])}
 
 
+def _prediction(denoiser) -> str | None:
+    """The prediction type of the network under ``denoiser`` and its wrappers (``inner``), if any."""
+    seen = 0
+    while not hasattr(denoiser, "prediction") and hasattr(denoiser, "inner") and seen < 32:
+        denoiser, seen = denoiser.inner, seen + 1
+    return getattr(denoiser, "prediction", None)
+
+
+def grid_schedule(denoiser):
+    """The schedule the default grids are laid on: the model's own, except where the model cannot denoise at
+    its t_max. An eps/score/EDM output gives x0_hat = (x - sigma eps)/alpha, undefined where alpha(t_max) = 0 (a
+    flow schedule's t = 1, zero terminal SNR); such a model's grids start at t_max' = t_of_lam(-log S_TOP), where
+    lam = -5.1 (DPM-Solver's lower log-SNR end; t' = 0.994 for a flow schedule). Started from the model's prior
+    x ~ N(0, sigma(t_max)^2 I), the neglected signal alpha(t_max') x0 is 0.6% of the noise there."""
+    schedule = denoiser.schedule
+    if _prediction(denoiser) not in ALPHA_DIVIDING or float(schedule.alpha(schedule.t_max)) > 0:
+        return schedule
+    view = copy.copy(schedule)
+    view.t_max = float(schedule.t_of_lam(torch.tensor([-math.log(S_TOP)], dtype=torch.float64))[0])
+    return view
+
+
 def fallback_timesteps(schedule, steps: int) -> torch.Tensor:
     """The fixed grid the default uses where no searched grid is cached (``fallback_params``)."""
     return grid_warped(schedule, steps, **fallback_params(steps))
@@ -174,7 +198,7 @@ class TrajectoryFitness:
             self.options["cond"] = cond
         self.evaluations = 0
         if reference is None:
-            reference = self.sample(reference_grid(denoiser.schedule, reference_steps))
+            reference = self.sample(reference_grid(grid_schedule(denoiser), reference_steps))
         self.reference = reference
 
     def sample(self, ts: torch.Tensor) -> torch.Tensor:
@@ -368,7 +392,7 @@ def search_default_grid(denoiser, steps: int, *, n: int = 64, seed: int = 0, sha
     if param is not None:
         x_T = x_T.to(param.dtype)
     fitness = TrajectoryFitness(denoiser, x_T, cond=cond)
-    res = search_grid(fitness, denoiser.schedule, steps)
+    res = search_grid(fitness, grid_schedule(denoiser), steps)
     res.seconds = time.perf_counter() - t0  # the reference solve included
     res.extra = {"reference_steps": REFERENCE_STEPS, "samples": n}
     key = _cache_key(denoiser, steps)
@@ -423,7 +447,7 @@ def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str 
         return torch.tensor(entry["ts"], dtype=torch.float64)
     if search is True or (search == "auto" and hasattr(denoiser, "mixture")):
         return search_default_grid(denoiser, steps, cache_dir=cache_dir).ts
-    return fallback_timesteps(denoiser.schedule, steps)
+    return fallback_timesteps(grid_schedule(denoiser), steps)
 
 
 ZOO_GRID_JOBS = {"toy_ring8": ((2,), 64, (5, 10, 20)), "digits_unet": ((1, 8, 8), 16, (5, 10)),
