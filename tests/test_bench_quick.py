@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from diffusekit.cli import main
 
 
@@ -54,3 +56,24 @@ def test_resshift_quick_beats_ddpm_at_equal_steps(tmp_path):
     for name, entry in datasets.items():
         for task, row in entry["table"].items():
             assert row["resshift@4"]["psnr"] > row["ddpm@4"]["psnr"], (name, task)
+
+
+def test_bench_samplers_baseline_quick_errors_fall_with_more_steps(tmp_path):
+    result = _quick(tmp_path, "samplers_baseline")
+    for problem in result["problems"].values():
+        for name in ("ddim", "euler"):  # first-order ODE solvers: about half the error at twice the steps
+            err = problem["samplers"][name]
+            assert err["10"]["trajectory_error"] < 0.6 * err["5"]["trajectory_error"]
+
+
+def test_bench_momentum_quick_heavy_ball_damps_divergence(tmp_path):
+    result = _quick(tmp_path, "momentum")
+    toy = result["toy_ode"]
+    exact = torch.tensor(toy["exact"])
+    err = {k: float((torch.tensor(v) - exact).norm()) for k, v in toy["final"].items()}
+    assert err["hb0.8"] < 0.1 * err["ab2"]  # AB2 is unstable on the stiff toy ODE, heavy ball is not
+    digits = result["digits"]["methods"]
+    assert digits["plms4_hb0.8"]["5"]["far_outside_fraction"] < digits["plms4"]["5"]["far_outside_fraction"]
+    assert digits["plms4_hb0.8"]["5"]["digits_fd"] < digits["plms4"]["5"]["digits_fd"]
+    gmm = result["guided_gmm"]["methods"]
+    assert gmm["plms4_hb0.8"]["5"]["blow_up"] < gmm["plms4"]["5"]["blow_up"]
