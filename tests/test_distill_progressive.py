@@ -96,7 +96,8 @@ def _traj_err(a, b):
     return float((a - b).norm(dim=1).mean())
 
 
-CFG = TrainConfig(steps=100, batch_size=128, lr=2e-4, warmup_steps=0, grad_clip=1.0, ema_decay=None, seed=0)
+CFG = TrainConfig(steps=100, batch_size=128, lr=2e-4, warmup_steps=0, grad_clip=1.0, ema_decay=None, seed=0,
+                  progress=False)
 
 
 def test_progressive_students_beat_teacher_ddim_at_equal_steps():
