@@ -162,7 +162,7 @@ def test_quantize_foreign_module_swaps_exactly_linear_and_conv2d():
     with torch.no_grad():
         out = model(x)
     rel = ((out - ref).norm() / ref.norm()).item()
-    assert rel < 0.02, rel  # measured 0.005 at W8A8
+    assert rel < 0.02, rel  # measured 0.014 at W8A8
     state = quant_state(model)
     n_w = sum(weights[n].numel() for n in names)
     assert sum(v["weight_bytes"] for v in state["layers"].values()) == n_w  # 8 bits = 1 byte per weight
@@ -197,6 +197,12 @@ def test_first_last_fp_and_8bit_and_skip():
         quantize_model(_Foreign(), 8, 8, skip=("nope",))
     with pytest.raises(ValueError, match="bit width"):
         quantize_model(_Foreign(), 1, 8)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, 8, 8)
+    with pytest.raises(ValueError, match="no batch"):
+        calibrate(model, lambda: [])
+    with pytest.raises(ValueError, match="unknown range method"):
+        calibrate(model, lambda: [torch.randn(2, 3, 8, 8)], "kl")
 
 
 def test_weight_bytes_counts_bits_times_params():
@@ -224,6 +230,15 @@ def test_per_step_activation_sets():
         set_quant_step(model, 2)
         wrong = (model(xs[0]) - lin(xs[0])).abs().max().item()
     assert small < 0.2 * wrong  # step 0's own range is much finer than step 2's on step-0 data
+
+    # temporal LSQ: a loss at step k trains only row k of the step sizes
+    model = quantize_model(nn.Sequential(nn.Linear(4, 3)), None, 4, act_steps=3, learnable=True)
+    for k in range(3):
+        calibrate(model, lambda k=k: [xs[k]], step=k)
+    set_quant_step(model, 1)
+    model(xs[1]).pow(2).sum().backward()
+    grad = model[0].a_quant.scale.grad
+    assert grad[1].abs().item() > 0 and grad[0].item() == 0 and grad[2].item() == 0
 
 
 def test_params_from_range_properties():
@@ -265,6 +280,6 @@ def test_digits_unet_w8a8_closer_than_w4a8():
         with torch.no_grad():
             out = q(x, t, class_labels=y)
         errs[wbits] = ((out - ref).norm() / ref.norm()).item()
-    # measured: W8A8 0.05-0.07, W4A8 0.15-0.16 relative L2 error of x0_hat
+    # measured: relative L2 error of x0_hat 0.072 at W8A8, 0.168 at W4A8 (min/max weights and activations)
     assert errs[8] < 0.1, errs
     assert errs[8] < 0.6 * errs[4], errs
