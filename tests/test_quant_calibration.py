@@ -204,3 +204,60 @@ def test_digits_unet_trajectory_calibration_direction(digits):
     # the three full-range sets agree within 15 % (no reliable ranking among them at this scale)
     full = [errs["qdiffusion"], errs["ptq4dm"], errs["naive"]]
     assert max(full) < 1.15 * min(full), errs
+
+
+def test_split_shortcut_quantization_lowers_skip_conv_error(digits):
+    """Q-Diffusion's split: the decoder shortcut's input concat(h_deep, skip) is bimodal (measured ranges on
+    the digits UNet: up.3 deep -32.9..52.6 vs skip -3.7..3.1, up.4 -20.4..15.5 vs -3.4..2.8), so one
+    activation range wastes most of the grid on the skip half. Measured relative output error of the shortcut
+    convs at W4A8 (up.0, up.1, up.3, up.4): 0.159 0.136 0.241 0.097 unsplit, 0.153 0.126 0.111 0.055 split;
+    at A4 (activations only) 0.795 -> 0.416 (up.3) and 0.557 -> 0.204 (up.4); whole-model x0 error over the
+    trajectory at A4 11.4 -> 9.6, at W4A8 unchanged (0.750 vs 0.760: the W4 weight error dominates)."""
+    den, _, _ = digits
+    n, steps = 128, 20
+    traj = record_trajectories(den, n, (1, 8, 8), steps=steps, cond={"class_labels": torch.arange(n) % 10}, seed=0)
+    cal = qdiffusion_calibration(traj, num_steps=10, per_step=n // 10)
+    ev_traj = record_trajectories(den, 32, (1, 8, 8), steps=steps, cond={"class_labels": torch.arange(32) % 10},
+                                  seed=9)
+    ev = qdiffusion_calibration(ev_traj, num_steps=steps)
+    names = ["up.0.res.skip", "up.1.res.skip", "up.3.res.skip", "up.4.res.skip"]
+    splits = unet_concat_splits(den.net)
+
+    def io(net, cs):
+        got = {}
+        hooks = [net.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: got.__setitem__(name, (i[0].detach(), o.detach()))) for name in names]
+        with torch.no_grad():
+            net(*den.net_inputs(cs.x, cs.t), **cs.cond)
+        for h in hooks:
+            h.remove()
+        return got
+
+    fp = io(den.net, ev)
+    for name in ("up.3.res.skip", "up.4.res.skip"):  # bimodal input: the skip half's range is much narrower
+        x, k = fp[name][0], splits[name[:-len(".skip")]]
+        assert x[:, :k].abs().max() > 4 * x[:, k:].abs().max(), name
+    rel = {}
+    for split in (False, True):
+        q = copy.deepcopy(den)
+        if split:
+            split_concat_convs(q.net)
+        quantize_model(q.net, 4, 8)
+        calibrate_denoiser(q, cal)
+        out = io(q.net, ev)
+        rel[split] = {name: ((out[name][1] - fp[name][1]).norm() / fp[name][1].norm()).item() for name in names}
+    for name in ("up.3.res.skip", "up.4.res.skip"):
+        assert rel[True][name] < 0.7 * rel[False][name], rel
+    assert sum(rel[True].values()) < sum(rel[False].values()), rel
+
+
+def test_default_sampler_trajectories_record_every_evaluation():
+    sched = VPDiscrete.named("linear", 1000)
+    den = FunctionDenoiser(lambda x, t, **c: 0.5 * x, sched)
+    from diffusekit.samplers import default_timesteps
+
+    traj = record_trajectories(den, 8, (2,), steps=6, grid="default", seed=0)
+    ts = default_timesteps(den, 6)
+    assert traj.num_steps == 6 and torch.allclose(traj.t, ts[:-1].to(traj.t))
+    with pytest.raises(ValueError, match="deterministic"):
+        record_trajectories(den, 8, (2,), steps=6, sampler="ddpm")
