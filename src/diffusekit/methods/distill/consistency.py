@@ -1,5 +1,5 @@
-"""Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, arXiv 2303.01469), over the core and the
-generic ``Trainer``.
+"""Consistency distillation and consistency training (Song, Dhariwal, Chen & Sutskever 2023, arXiv 2303.01469),
+over the core and the generic ``Trainer``.
 
 Noise level. Everything is stated in the VE noise level s = sigma(t)/alpha(t) of the schedule (k-diffusion's
 sigma, ``schedule.sigma_tilde``) and the VE variable x~ = x_t / alpha(t), so the paper's equations (written for
@@ -31,6 +31,11 @@ d = squared L2 (mean over data dimensions) or pseudo-Huber sqrt(||a - b||^2 + c^
 arXiv 2310.14189, c = 0.00054 sqrt(dim)); the target network theta^- is an EMA of theta, theta^- <- mu theta^- +
 (1 - mu) theta after every optimizer step (mu = 0.95 in the paper's CD runs), no gradient through it.
 
+Consistency training (Alg. 3, ``ConsistencyTrainingLoss`` / ``consistency_train``): no teacher; the pair shares
+x and z, x_{t_{i+1}} = alpha_{i+1} x + sigma_{i+1} z (the DDIM step with the true x as the denoiser), on the
+Karras grid of N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 points with target EMA rate
+mu(k) = exp(s0 log mu0 / N(k)) at optimizer step k of K (App. C: s0 = 2, s1 = 150, mu0 = 0.9).
+
 Multistep consistency sampling (Alg. 1): x = f(x_T, t_max); for each chosen tau_k (decreasing),
 x~_tau = x + sqrt(s(tau_k)^2 - s_min^2) z, x = f(alpha_tau x~_tau, tau_k).
 
@@ -42,6 +47,7 @@ zero-terminal-SNR schedules, whose s is infinite at t_max, need a start t < t_ma
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -177,21 +183,32 @@ class ConsistencyDistillationLoss:
         self.huber_c = huber_c
         self.scale_input = scale_input
         self.sigma_data = float(sigma_data)
+        self.schedule = teacher.schedule
         self.target_net: torch.nn.Module | None = None
+        self.calls = 0
+
+    def grid_and_mu(self, k: int):
+        """The grid and target EMA rate at call k (0-based): fixed for distillation."""
+        return self.ts, self.mu
+
+    def next_point(self, x, x_t, z, t, t_next, cond) -> torch.Tensor:
+        """x^_{t_{i+1}}: one teacher ODE step from x_t (distillation)."""
+        return teacher_step(self.teacher, x_t, t, t_next, self.solver, **cond)
 
     def consistency(self, net: torch.nn.Module) -> ConsistencyDenoiser:
-        inner = NetworkDenoiser(net, self.teacher.schedule, self.prediction, scale_input=self.scale_input,
+        inner = NetworkDenoiser(net, self.schedule, self.prediction, scale_input=self.scale_input,
                                 sigma_data=self.sigma_data)
         return ConsistencyDenoiser(inner, sigma_data=self.sigma_data, t_min=float(self.ts[-1]))
 
     @torch.no_grad()
-    def update_target(self, net: torch.nn.Module) -> None:
+    def update_target(self, net: torch.nn.Module, mu: float | None = None) -> None:
         net = _unwrap(net)
+        mu = self.mu if mu is None else float(mu)
         if self.target_net is None:
             self.target_net = copy.deepcopy(net).requires_grad_(False)
             return
         for p_t, p in zip(self.target_net.parameters(), net.parameters()):
-            p_t.lerp_(p.detach(), 1.0 - self.mu)
+            p_t.lerp_(p.detach(), 1.0 - mu)
         for b_t, b in zip(self.target_net.buffers(), net.buffers()):
             b_t.copy_(b)
 
@@ -203,21 +220,75 @@ class ConsistencyDistillationLoss:
         return torch.sqrt((diff**2).sum(1) + c * c) - c
 
     def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        self.update_target(net)
+        ts, mu = self.grid_and_mu(self.calls)
+        self.calls += 1
+        self.update_target(net, mu)
         x = batch[0]
         cond = {"class_labels": batch[1]} if len(batch) > 1 else {}
         b = x.shape[0]
-        i = torch.randint(0, len(self.ts) - 1, (b,), generator=generator).to(x.device)
+        i = torch.randint(0, len(ts) - 1, (b,), generator=generator).to(x.device)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        ts = self.ts.to(x.device)
+        ts = ts.to(x.device)
         t, t_next = ts[i], ts[i + 1]
-        x_t = self.teacher.schedule.add_noise(x, t, z)
+        x_t = self.schedule.add_noise(x, t, z)
         with torch.no_grad():
-            x_next = teacher_step(self.teacher, x_t, t, t_next, self.solver, **cond)
+            x_next = self.next_point(x, x_t, z, t, t_next, cond)
             self.target_net.eval()
             target = self.consistency(self.target_net).denoise(x_next, t_next, **cond)
         pred = self.consistency(net).denoise(x_t, t, **cond)
         return self.distance_fn(pred, target)
+
+
+def ct_num_points(k: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
+    """The consistency-training curriculum N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 (Song et al.
+    2023, App. C; K = total optimizer steps; the paper's CIFAR-10 values s0 = 2, s1 = 150): N(0) = s0, N(K) = s1 + 1."""
+    frac = min(max(k, 0), total_steps) / total_steps
+    return int(math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1 - 1e-9)) + 1
+
+
+def ct_mu(n_points: int, s0: int = 2, mu0: float = 0.9) -> float:
+    """The target EMA rate mu(k) = exp(s0 log(mu0) / N(k)) of consistency training (App. C; mu0 = 0.9)."""
+    return math.exp(s0 * math.log(mu0) / n_points)
+
+
+class _NoTeacher(Denoiser):
+    """Placeholder carrying the schedule for consistency training (no teacher is ever evaluated)."""
+
+    def denoise(self, x, t, **cond):
+        raise RuntimeError("consistency training has no teacher")
+
+
+class ConsistencyTrainingLoss(ConsistencyDistillationLoss):
+    """Per-example consistency training loss (Song et al. 2023, Alg. 3): no teacher. The pair shares the data
+    point x and the noise z,
+
+        x_{t_i} = alpha_i x + sigma_i z,   x_{t_{i+1}} = alpha_{i+1} x + sigma_{i+1} z,
+
+    (in x~ = x/alpha: x + s_i z and x + s_{i+1} z), which is one DDIM step t_i -> t_{i+1} with the true x in place
+    of the teacher's denoiser. Call k (= optimizer steps done) uses the Karras grid of N(k) = ``ct_num_points``
+    points and the target EMA rate mu(k) = ``ct_mu``(N(k)). ``total_steps``: K, the length of the run."""
+
+    def __init__(self, schedule, prediction: str, total_steps: int, *, s0: int = 2, s1: int = 150, mu0: float = 0.9,
+                 rho: float = 7.0, distance: str = "l2", huber_c: float | None = None,
+                 scale_input: bool | None = None, sigma_data: float = 0.5):
+        if int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer; got {total_steps}")
+        if not (int(s0) == s0 >= 2 and int(s1) == s1 >= s0):
+            raise ValueError(f"need integers 2 <= s0 <= s1; got s0={s0}, s1={s1}")
+        super().__init__(_NoTeacher(schedule), consistency_grid(schedule, int(s0), rho=rho), prediction,
+                         solver="ddim", distance=distance, mu=mu0, huber_c=huber_c, scale_input=scale_input,
+                         sigma_data=sigma_data)
+        self.total_steps, self.s0, self.s1, self.mu0, self.rho = int(total_steps), int(s0), int(s1), float(mu0), rho
+        self._grids: dict[int, torch.Tensor] = {}
+
+    def grid_and_mu(self, k: int):
+        n = ct_num_points(k, self.total_steps, self.s0, self.s1)
+        if n not in self._grids:
+            self._grids[n] = consistency_grid(self.schedule, n, rho=self.rho)
+        return self._grids[n], ct_mu(n, self.s0, self.mu0)
+
+    def next_point(self, x, x_t, z, t, t_next, cond) -> torch.Tensor:
+        return self.schedule.add_noise(x, t_next, z)
 
 
 def consistency_sample(model: ConsistencyDenoiser, x_T: torch.Tensor, ts, *, generator=None,
@@ -274,6 +345,26 @@ def consistency_distill(teacher: NetworkDenoiser, data, config: TrainConfig, *, 
     return ConsistencyResult(loss_fn.consistency(final.eval()), ts, history)
 
 
+def consistency_train(net: torch.nn.Module, schedule, data, config: TrainConfig, *, prediction: str = "x0",
+                      s0: int = 2, s1: int = 150, mu0: float = 0.9, rho: float = 7.0, distance: str = "l2",
+                      scale_input: bool | None = None, sigma_data: float = 0.5, out_dir=None) -> ConsistencyResult:
+    """Consistency training (Song et al. 2023, Alg. 3): ``net`` (read through ``NetworkDenoiser(net, schedule,
+    prediction)``, then the boundary parameterisation) trained in place by ``Trainer`` with
+    ``ConsistencyTrainingLoss`` for ``config.steps`` optimizer steps, the N(k)/mu(k) curriculum spanning them.
+    The paper trains from scratch; any initial weights are accepted. Returns the model (the Trainer's EMA network
+    when ``config.ema_decay`` is set) and the final grid."""
+    loss_fn = ConsistencyTrainingLoss(schedule, prediction, config.steps, s0=s0, s1=s1, mu0=mu0, rho=rho,
+                                      distance=distance, scale_input=scale_input, sigma_data=sigma_data)
+    net.train().requires_grad_(True)
+    data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+    trainer = Trainer(net, loss_fn, data, config, out_dir=out_dir,
+                      extra_config={"method": "consistency_training", "distance": distance, "s0": int(s0),
+                                    "s1": int(s1), "mu0": mu0, "rho": rho})
+    history = trainer.fit()
+    final = trainer.ema_model if trainer.ema_model is not None else net
+    return ConsistencyResult(loss_fn.consistency(final.eval()), loss_fn.grid_and_mu(config.steps)[0], history)
+
+
 __all__ = ["DISTANCES", "TEACHER_SOLVERS", "ConsistencyDenoiser", "ConsistencyDistillationLoss",
-           "ConsistencyResult", "consistency_coefficients", "consistency_distill", "consistency_grid",
-           "consistency_sample", "teacher_step"]
+           "ConsistencyResult", "ConsistencyTrainingLoss", "consistency_coefficients", "consistency_distill",
+           "consistency_grid", "consistency_sample", "consistency_train", "ct_mu", "ct_num_points", "teacher_step"]
