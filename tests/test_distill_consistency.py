@@ -57,6 +57,9 @@ def test_boundary_condition_holds_exactly_for_any_network(schedule, prediction):
     assert not torch.equal(f.inner(x, t_min), x / a_min)
     with pytest.raises(ValueError, match="t >= t_min"):
         f(x, 0.5 * t_min)
+    if schedule.kind == "flow":  # s = sigma/alpha is infinite at t_max
+        with pytest.raises(ValueError, match="alpha"):
+            f(x, schedule.t_max)
 
 
 def per_alpha(schedule, t):
@@ -151,6 +154,9 @@ def test_multistep_sampling_is_algorithm_1():
     f = ConsistencyDenoiser(_exact(sched))
     x_T = prior_sample(sched, (16, 2), torch.Generator().manual_seed(5), dtype=torch.float64)
     torch.testing.assert_close(consistency_sample(f, x_T, [1.0]), f(x_T, 1.0), rtol=0, atol=0)
+    # a Denoiser like any other: one DDIM step to clean data is the one-step consistency sample
+    torch.testing.assert_close(sample_ddim(f, x_T, torch.tensor([1.0, 0.0], dtype=torch.float64)), f(x_T, 1.0),
+                               rtol=0, atol=1e-12)
     got = consistency_sample(f, x_T, [1.0, 0.3, 0.1], generator=torch.Generator().manual_seed(6))
     g = torch.Generator().manual_seed(6)
     x = f(x_T, 1.0)

@@ -97,6 +97,9 @@ class ConsistencyDenoiser(Denoiser):
             raise ValueError(f"the consistency function is defined for t >= t_min = {self.t_min}; "
                              f"got t = {float(t.min())}")
         sched = self.schedule
+        if bool((sched.alpha(t) == 0).any()):
+            raise ValueError("the consistency function needs alpha(t) > 0 (s = sigma/alpha finite); start a flow or "
+                             "zero-terminal-SNR schedule at t < t_max")
         s = sched.sigma_tilde(t)
         a, r = consistency_coefficients(s, self.s_min, self.sigma_data)
         x_tilde = x / per_sample(sched.alpha(t), x)
