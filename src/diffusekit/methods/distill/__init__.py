@@ -7,14 +7,25 @@ What exists:
   max(SNR, 1) in x space, student initialised from the teacher, trained by the generic ``Trainer``; and
   ProDiff's variant (Huang et al. 2022, arXiv 2207.06389): one round N -> N/2 on the teacher's grid with an
   L1 loss on x0. Shared primitives: ``ddim_step`` (per-sample times) and ``progressive_target``.
+* :mod:`.consistency` -- consistency distillation and consistency training (Song et al. 2023, arXiv
+  2303.01469): ``ConsistencyDenoiser`` (f = c_skip x~ + c_out F in the VE noise level s = sigma/alpha of any
+  schedule, exact boundary f(x~, s_min) = x~, a Denoiser), ``teacher_step`` (Heun / DDIM, per-sample times),
+  ``consistency_grid`` (Karras, rho = 7), ``ConsistencyDistillationLoss`` / ``consistency_distill`` (EMA target,
+  L2 or pseudo-Huber, student initialised from the teacher), ``ConsistencyTrainingLoss`` /
+  ``consistency_train`` (N(k), mu(k) curriculum), ``consistency_sample`` (multistep, Alg. 1).
 
-Still to come (not in this module yet): consistency distillation / consistency training and SLAM, BOOT,
+Still to come: SLAM (needs a network with a gamma input), BOOT,
 rectified flow / reflow and Rectified Diffusion, TAD-SR, PSO, DITTO-2's distilled surrogate, the
 ``diffusekit distill`` CLI, ``diffusekit bench distill`` and a distilled student in the zoo.
 """
 
+from .consistency import (ConsistencyDenoiser, ConsistencyDistillationLoss, ConsistencyTrainingLoss,
+                          consistency_distill, consistency_grid, consistency_sample, consistency_train, ct_mu,
+                          ct_num_points, teacher_step)
 from .progressive import (LOSSES, DistillRound, ProgressiveDistillationLoss, ddim_step, distill_round,
                           prodiff_distill, progressive_distill, progressive_target, truncated_snr_weight)
 
-__all__ = ["LOSSES", "DistillRound", "ProgressiveDistillationLoss", "ddim_step", "distill_round",
+__all__ = ["ConsistencyDenoiser", "ConsistencyDistillationLoss", "ConsistencyTrainingLoss", "consistency_distill",
+           "consistency_grid", "consistency_sample", "consistency_train", "ct_mu", "ct_num_points", "teacher_step",
+           "LOSSES", "DistillRound", "ProgressiveDistillationLoss", "ddim_step", "distill_round",
            "prodiff_distill", "progressive_distill", "progressive_target", "truncated_snr_weight"]
