@@ -38,11 +38,11 @@ class Foreign(nn.Module):
         return self.fc2(h.flatten(1))
 
 
-def _foreign(wbits=8, abits=8, calibrated=True):
+def _foreign(wbits=8, abits=8, calibrated=True, act_symmetric=False):
     torch.manual_seed(0)
     m = Foreign().eval()
     x = torch.randn(32, 3, 8, 8)
-    q = quantize_model(copy.deepcopy(m), wbits, abits)
+    q = quantize_model(copy.deepcopy(m), wbits, abits, act_symmetric=act_symmetric)
     if calibrated:
         calibrate(q, lambda: [x])
     return m, q, x
@@ -72,8 +72,9 @@ def _check_layers(q, i, ins):
             assert (a - b).abs().max() <= 1e-5 * a.abs().max(), name
 
 
-def test_foreign_module_matches_fake_quant_and_is_int8():
-    m, q, x = _foreign()
+@pytest.mark.parametrize("act_symmetric", [False, True])
+def test_foreign_module_matches_fake_quant_and_is_int8(act_symmetric):
+    m, q, x = _foreign(act_symmetric=act_symmetric)
     ins = _layer_inputs(q, lambda net: net(x))
     i = export_int8(copy.deepcopy(q))
     assert not quant_layers(i)
