@@ -18,6 +18,12 @@ The integer grids are the fake-quant model's own, so the int8 model reproduces i
   quantization noise), plus a cheap float correction for the weight zero points (oneDNN ignores them).
   Equal to the fake-quant layer up to float summation order.
 
+Measured (torch 2.13 CPU, 1 thread, DDIM end to end, medians of 5-7 interleaved repeats, fp32 / int8 time):
+digits UNet 8x8 (batch 64, 20 steps) 0.87x, i.e. int8 slower (per-layer quantize and correction overhead
+beats the kernel gain on 8x8 maps); random-init UNet on 32x32 (batch 8, 5 steps, channel_mult (1, 2)) at
+base_channels 16 / 32 / 48 / 64 / 128 / 256: 0.73x / 0.93x / 1.08x / 1.21x / 1.65x / 2.25x (crossover near
+base_channels 40). Weight bytes vs fp32: 0.336 (digits), 0.253 (base 256).
+
 Not supported (ValueError): other bit widths, layers without a weight or activation quantizer,
 uncalibrated activation quantizers, per-sampling-step activation sets, non-zero padding modes.
 """
