@@ -87,6 +87,14 @@ def excess_length(traj: torch.Tensor) -> torch.Tensor:
     return arc / (x[-1] - x[0]).norm(dim=-1) - 1
 
 
+def _paired_point(schedule, batch, generator):
+    """(x_T, x_0, t, x_t) for a batch of teacher pairs: t ~ U(t_min, t_max), x_t = alpha_t x_0 + sigma_t x_T."""
+    x_T, x_0 = batch[0], batch[1]
+    u = torch.rand(x_0.shape[0], generator=generator, dtype=torch.float64).to(x_0.device)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
+    return x_T, x_0, t, schedule.add_noise(x_0, t, x_T)
+
+
 class ReflowLoss:
     """Rectified-flow loss on pairs, a ``Trainer`` loss: batch = (x_T, x_0). t ~ U(t_min, t_max) of the
     ``FlowSchedule``; x_t = (1 - t) x_0 + t x_T; per example mean_j (u_theta(x_t, t) - (x_T - x_0))_j^2 with the
@@ -101,11 +109,7 @@ class ReflowLoss:
         return NetworkDenoiser(net, self.schedule, "velocity", scale_input=False)
 
     def __call__(self, net, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        x_T, x_0 = batch[0], batch[1]
-        s = self.schedule
-        u = torch.rand(x_0.shape[0], generator=generator, dtype=torch.float64).to(x_0.device)
-        t = s.t_min + (s.t_max - s.t_min) * u
-        x_t = s.add_noise(x_0, t, x_T)
+        x_T, x_0, t, x_t = _paired_point(self.schedule, batch, generator)
         pred = self.student(net).raw(x_t, t)
         return ((pred - (x_T - x_0)) ** 2).flatten(1).mean(1)
 
@@ -130,16 +134,12 @@ class RectifiedDiffusionLoss:
                                sigma_data=self.sigma_data)
 
     def __call__(self, net, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        x_T, x_0 = batch[0], batch[1]
-        s = self.schedule
-        u = torch.rand(x_0.shape[0], generator=generator, dtype=torch.float64).to(x_0.device)
-        t = s.t_min + (s.t_max - s.t_min) * u
-        x_t = s.add_noise(x_0, t, x_T)
+        x_T, x_0, t, x_t = _paired_point(self.schedule, batch, generator)
         den = self.student(net)
         if self.loss == "pseudo_huber":
             err2 = (den.denoise(x_t, t) - x_0) ** 2
             return (torch.sqrt(err2 + self.huber_c**2) - self.huber_c).flatten(1).mean(1)
-        target = prediction_from_x0_eps(x_0, x_T, t, s, self.prediction, sigma_data=self.sigma_data)
+        target = prediction_from_x0_eps(x_0, x_T, t, self.schedule, self.prediction, sigma_data=self.sigma_data)
         return ((den.raw(x_t, t) - target) ** 2).flatten(1).mean(1)
 
 
