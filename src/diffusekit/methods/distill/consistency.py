@@ -54,7 +54,7 @@ import torch
 
 from ...core._tensor import as_time, per_sample
 from ...core.denoiser import Denoiser, NetworkDenoiser
-from ...core.grids import grid_karras
+from ...core.grids import check_grid, grid_karras
 from ...core.noise import randn
 from ...training.trainer import TrainConfig, Trainer
 from .progressive import ddim_step
@@ -171,10 +171,8 @@ class ConsistencyDistillationLoss:
             raise ValueError(f"unknown distance {distance!r}; allowed: {', '.join(DISTANCES)}")
         if not 0.0 <= mu < 1.0:
             raise ValueError(f"the target EMA rate mu must be in [0, 1); got {mu}")
-        ts = as_time(ts).flatten()
-        if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).any()):
-            raise ValueError("ts must be a decreasing grid of at least 2 points")
-        if float(ts[-1]) < teacher.schedule.t_min * (1 - 1e-12) or float(ts[0]) > teacher.schedule.t_max * (1 + 1e-12):
+        ts = check_grid(as_time(ts).flatten(), teacher.schedule)  # decreasing, >= 2 points, <= t_max
+        if float(ts[-1]) < teacher.schedule.t_min * (1 - 1e-12):
             raise ValueError(f"the grid must lie in [t_min, t_max] = [{teacher.schedule.t_min}, "
                              f"{teacher.schedule.t_max}]")
         self.teacher = teacher
