@@ -153,14 +153,9 @@ def _time_grid(args, denoiser, steps: int, shape: tuple, labels):
 
 
 def _expected_nfe(info, ts) -> int | None:
-    """Network calls the sampler will make on grid ``ts`` (None when it chooses its own steps)."""
-    nfe = getattr(info, "nfe", None)  # the registry's exact count on this grid, where it declares one
-    if callable(nfe):
-        try:
-            return nfe(ts)
-        except (TypeError, ValueError):
-            pass
-    return None if info.nfe_per_step is None else info.nfe_per_step * (len(ts) - 1)
+    """Network calls the sampler will make on grid ``ts`` (the registry's exact count; None when it chooses its
+    own steps)."""
+    return info.nfe(ts)
 
 
 def _with_progress(denoiser, bar):
