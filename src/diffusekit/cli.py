@@ -48,6 +48,18 @@ def load_denoiser(spec: str):
         raise CLIError(f"--model {spec}: not a checkpoint directory; give a training output folder or zoo:NAME")
     tensors, meta = load_checkpoint(path)
     extra = meta.get("extra_config") or {}
+    kind = extra.get("kind", "trained")
+    if kind == "quantized":  # written by `diffusekit quantize`
+        from .methods.quant.checkpoint import load_quantized_denoiser
+
+        return load_quantized_denoiser(tensors, meta, path)
+    if kind == "student":  # written by `diffusekit distill`
+        from .methods.distill.checkpoint import load_student_denoiser
+
+        return load_student_denoiser(tensors, meta, path)
+    if kind != "trained":
+        raise CLIError(f"--model {spec}: unknown checkpoint kind {kind!r}; this diffusekit reads trained, "
+                       "quantized and student checkpoints")
     if "schedule" not in extra or "loss" not in extra or not meta.get("model_config"):
         raise CLIError(f"--model {spec}: checkpoint lacks the schedule/loss/model config written by `diffusekit train`")
     net = build_net(meta["model_config"])
@@ -398,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     epilog = _names_epilog()
     p = argparse.ArgumentParser(prog="diffusekit", description="Diffusion models on one small, exact core.",
                                 formatter_class=fmt, epilog=epilog)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,sample,eval,zoo,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,sample,eval,quantize,distill,zoo,bench}")
 
     d = sub.add_parser("demo", help="train a class-conditional digits model from scratch and evaluate it",
                        formatter_class=fmt, parents=[common])
@@ -450,6 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="also write the metrics as JSON here (default: only print them)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("quantize", help="quantize a model to 8 or 4 bits (PTQ4DM, Q-Diffusion, TFMQ-DM, EDA-DM, "
+                       "EfficientDM)", formatter_class=fmt, parents=[common])
+    from .quant_cli import add_quantize_arguments, run_quantize
+
+    add_quantize_arguments(q)
+    q.set_defaults(func=run_quantize)
+
+    ds = sub.add_parser("distill", help="distill a many-step model into a few-step student", formatter_class=fmt,
+                        parents=[common])
+    from .distill_cli import add_distill_arguments, run_distill
+
+    add_distill_arguments(ds)
+    ds.set_defaults(func=run_distill)
 
     z = sub.add_parser("zoo", help="shipped model assets", formatter_class=fmt)
     zsub = z.add_subparsers(dest="zoo_command", required=True)
