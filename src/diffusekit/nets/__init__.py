@@ -10,11 +10,12 @@ from torch import nn
 
 from .embedding import TimeClassEmbedding, timestep_embedding
 from .mlp import MLPDenoiserNet
-from .unet import UNet
+from .unet import ScaledDotProductAttention, UNet
 
 __all__ = [
     "MLPDenoiserNet",
     "UNet",
+    "ScaledDotProductAttention",
     "NETS",
     "build_net",
     "count_parameters",

@@ -17,7 +17,7 @@ from torch import nn
 
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
-__all__ = ["UNet", "group_count"]
+__all__ = ["UNet", "group_count", "ScaledDotProductAttention"]
 
 
 def group_count(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
@@ -63,6 +63,18 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(d)) v as a parameter-free module (Vaswani et al. 2017, arXiv 1706.03762, eq. 1).
+
+    It only calls ``F.scaled_dot_product_attention``; being a module, it gives quantization a place to
+    fake-quantize the attention matmul inputs (``methods.quant.attention.quantize_attention`` swaps it), and
+    it adds no state_dict key. Shapes: q (..., N, d), k (..., M, d), v (..., M, d_v) -> (..., N, d_v).
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over all spatial positions, with a residual connection.
 
@@ -79,6 +91,7 @@ class AttentionBlock(nn.Module):
         self.norm = nn.GroupNorm(group_count(channels), channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = nn.Conv1d(channels, channels, 1)
+        self.attention = ScaledDotProductAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -86,7 +99,7 @@ class AttentionBlock(nn.Module):
         n = h.shape[-1]
         qkv = self.qkv(h).reshape(b, 3, self.num_heads, c // self.num_heads, n).transpose(-1, -2)
         q, k, v = qkv.unbind(1)  # each (B, heads, N, d)
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = self.attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, n)
         return x + self.proj(a).reshape(x.shape)
 

@@ -134,7 +134,17 @@ def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
 
 
 def _act_quantizers(model: nn.Module) -> list[UniformQuantizer]:
-    return [m.a_quant for m in quant_layers(model).values() if m.a_quant is not None]
+    """Every activation quantizer of ``model``: the wrappers' ``a_quant`` and those of any module that lists
+    its own in an ``activation_quantizers()`` method (e.g. ``attention.QuantAttention``), so
+    ``calibrate``, ``set_quant_step`` and ``set_act_mode`` cover them too."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, _QuantWrapper):
+            if m.a_quant is not None:
+                out.append(m.a_quant)
+        elif callable(getattr(m, "activation_quantizers", None)):
+            out.extend(m.activation_quantizers())
+    return out
 
 
 def set_quant_step(model: nn.Module, step: int | None) -> None:
@@ -145,7 +155,8 @@ def set_quant_step(model: nn.Module, step: int | None) -> None:
 
 
 def set_act_mode(model: nn.Module, mode: str) -> None:
-    """Activation quantizers to "quant", "observe" (record, pass through) or "off" (floating point)."""
+    """All activation quantizers (layer inputs and attention matmul inputs) to "quant", "observe" (record,
+    pass through) or "off" (floating point)."""
     if mode not in ("quant", "observe", "off"):
         raise ValueError(f"unknown activation mode {mode!r}; choose quant, observe or off")
     for q in _act_quantizers(model):
@@ -165,7 +176,8 @@ def _run(model: nn.Module, batch) -> None:
 def calibrate(model: nn.Module, batches_fn: Callable[[], Iterable], method: str = "minmax", *,
               step: int | None = None, run: Callable[[nn.Module, object], None] | None = None,
               **range_kw) -> nn.Module:
-    """Set every activation range of a ``quantize_model``-ed model from forward passes.
+    """Set every activation range of a ``quantize_model``-ed model (and of its attention-matmul quantizers,
+    ``attention.quantize_attention``) from forward passes.
 
     ``batches_fn()`` yields batches; each is passed as ``model(*batch)`` (tuple/list), ``model(**batch)``
     (dict) or ``model(batch)``, or to ``run(model, batch)`` when given. All activation quantizers observe
@@ -208,7 +220,7 @@ def weight_bytes(model: nn.Module) -> dict[str, float]:
     floating-point layers) at its dtype's size; quantizer parameters (Delta, z) counted separately."""
     layers = quant_layers(model)
     quant_w = {id(m.layer.weight): m.w_quant.bits for m in layers.values() if m.w_quant is not None}
-    qparam_ids = {id(p) for m in layers.values() for q in (m.w_quant, m.a_quant) if q is not None
+    qparam_ids = {id(p) for q in model.modules() if isinstance(q, UniformQuantizer)
                   for p in (q.scale, q.zero_point)}
     total = fp32 = qparams = 0.0
     for p in list(model.parameters()) + list(model.buffers()):
