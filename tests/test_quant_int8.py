@@ -170,3 +170,73 @@ def test_bad_input_one_line_value_error(case, match):
         export_int8(model)
     assert "\n" not in str(err.value)
     assert {n: type(m) for n, m in model.named_modules()} == before  # nothing swapped
+
+
+# ------------------------------------------------------------------------------------------------
+# saving / loading an exported int8 model as a plain tensor dict (safetensors)
+# ------------------------------------------------------------------------------------------------
+def test_int8_save_load_round_trip_foreign_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusekit.methods.quant.int8 import int8_tensors, load_int8, load_int8_file, save_int8_file
+
+    m, q, x = _foreign()
+    i = export_int8(copy.deepcopy(q))
+    tensors = int8_tensors(i)
+    assert all(torch.is_tensor(v) for v in tensors.values())
+    assert tensors["c2.int8.weight"].dtype == torch.int8 and "c2.int8.bias" not in tensors  # c2 has no bias
+    assert tensors["fc1.int8.weight"].dtype == torch.int8
+    path = tmp_path / "int8.safetensors"
+    save_int8_file(i, path, metadata={"note": "test"})
+    assert set(load_file(str(path))) == set(tensors)
+    fresh = quantize_model(Foreign(), 8, 8)  # a different random init: everything must come from the file
+    loaded = load_int8_file(fresh, path)
+    assert set(int8_layers(loaded)) == set(int8_layers(i))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), i(x))
+    loaded2 = load_int8(quantize_model(Foreign(), 8, 8), tensors)
+    with torch.no_grad():
+        assert torch.equal(loaded2(x), i(x))
+
+
+def test_int8_save_load_digits_unet_with_attention_quantizers_identical(tmp_path):
+    from diffusekit import zoo
+    from diffusekit.methods.quant.attention import quantize_attention
+    from diffusekit.methods.quant.int8 import int8_tensors, load_int8_file, save_int8_file
+    from diffusekit.nets import build_net
+
+    den = zoo.load("digits_unet")
+    g = torch.Generator().manual_seed(2)
+    xs, ts, y = torch.randn(32, 1, 8, 8, generator=g), torch.rand(32, generator=g), torch.arange(32) % 10
+
+    def run(net, b=(xs, ts, y)):
+        return net(*den.net_inputs(b[0], b[1]), class_labels=b[2])
+
+    q = quantize_attention(quantize_model(copy.deepcopy(den.net), 8, 8), 8)
+    calibrate(q, lambda: [(xs, ts, y)], run=run)
+    i = export_int8(q)
+    path = tmp_path / "digits_int8.safetensors"
+    save_int8_file(i, path)
+    fp32 = sum(p.numel() * 4 for p in den.net.parameters())
+    assert path.stat().st_size < 0.4 * fp32  # int8 weights, not float copies
+    structure = quantize_attention(quantize_model(build_net(den.net.config), 8, 8), 8)
+    loaded = load_int8_file(structure, path)
+    with torch.no_grad():
+        assert torch.equal(run(loaded), run(i))
+    assert int8_tensors(loaded).keys() == int8_tensors(i).keys()
+
+
+def test_int8_load_refuses_mismatched_structure():
+    from diffusekit.methods.quant.int8 import int8_tensors, load_int8
+
+    m, q, x = _foreign()
+    tensors = int8_tensors(export_int8(copy.deepcopy(q)))
+    with pytest.raises(ValueError, match="not W8A8"):
+        load_int8(quantize_model(Foreign(), 4, 8), tensors)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_int8(quantize_model(Foreign(), 8, 8, skip=["fc2"]), tensors)
+    with pytest.raises(ValueError, match="no int8 layer"):
+        int8_tensors(q)
+    broken = {k: v for k, v in tensors.items() if k != "c1.int8.input_scale"}
+    with pytest.raises(ValueError, match="incomplete"):
+        load_int8(quantize_model(Foreign(), 8, 8), broken)

@@ -26,6 +26,17 @@ base_channels 40). Weight bytes vs fp32: 0.336 (digits), 0.253 (base 256).
 
 Not supported (ValueError): other bit widths, layers without a weight or activation quantizer,
 uncalibrated activation quantizers, per-sampling-step activation sets, non-zero padding modes.
+
+Saving an exported model (``int8_tensors`` / ``load_int8``, files: ``save_int8_file`` / ``load_int8_file``):
+a plain ``{name: tensor}`` dict, safetensors-compatible (no pickle, no shared storage). Per int8 layer
+``<layer>.int8.weight`` (int8, the signed grid W_int - 128), ``.int8.weight_scale`` (float32, per output
+channel), ``.int8.weight_zero_point`` (int32, z - 128), ``.int8.bias`` (float32, if any),
+``.int8.input_scale`` (float32, (1,)) and ``.int8.input_zero_point`` (int32, (1,), the quint8 zero point);
+every other parameter and buffer of the model under its own state_dict key. ``load_int8`` takes the model's
+fake-quant structure (the fp net after the same ``split_concat_convs`` / ``quantize_model(net, 8, 8)`` /
+``quantize_attention`` calls, ranges not calibrated), writes each layer's grid back into its fake-quant
+wrapper (weight = (W_int - z) Delta_w, exactly on the grid) and runs ``export_int8``: the rebuilt layers hold
+the same integers and scales, so the loaded model's outputs equal the saved model's bit for bit.
 """
 
 from __future__ import annotations
@@ -36,7 +47,11 @@ from torch import nn
 
 from .modules import QuantConv2d, QuantLinear, _set_child, quant_layers
 
-__all__ = ["Int8Linear", "Int8Conv2d", "export_int8", "int8_layers", "int8_weight_bytes"]
+__all__ = ["Int8Linear", "Int8Conv2d", "export_int8", "int8_layers", "int8_weight_bytes", "int8_tensors",
+           "load_int8", "save_int8_file", "load_int8_file"]
+
+#: per-layer entries of the saved tensor dict (``<layer name>.int8.<entry>``); bias is optional
+INT8_ENTRIES = ("weight", "weight_scale", "weight_zero_point", "bias", "input_scale", "input_zero_point")
 
 def _check_layer(name: str, m) -> None:
     if m.w_quant is None or m.a_quant is None:
@@ -71,6 +86,16 @@ def _act_params(m) -> tuple[float, int]:
     return scale, zp
 
 
+def _packed(w_int8, w_scale, w_zero_point, bias, x_scale: float, x_zero_point: int) -> dict[str, torch.Tensor]:
+    out = {"weight": w_int8.to(torch.int8), "weight_scale": w_scale.float(),
+           "weight_zero_point": w_zero_point.to(torch.int32),
+           "input_scale": torch.tensor([x_scale], dtype=torch.float32),
+           "input_zero_point": torch.tensor([x_zero_point], dtype=torch.int32)}
+    if bias is not None:
+        out["bias"] = bias.float()
+    return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
+
+
 class Int8Linear(nn.Module):
     """Float in, float out: quantize x with the calibrated (Delta_a, z_a), int8 GEMM, float bias."""
 
@@ -102,6 +127,12 @@ class Int8Linear(nn.Module):
     def storage_bytes(self) -> int:
         """int8 weight + fp32 bias + per-channel (scale fp32, zero point int32) + input (scale, zero point)."""
         return self._weight_numel + 4 * self._bias_numel + 8 * self.out_features + 8
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        """The layer's integers and scales as plain tensors (see the module docstring, ``INT8_ENTRIES``)."""
+        qw, bias = torch.ops.quantized.linear_unpack(self._packed)
+        return _packed(qw.int_repr(), qw.q_per_channel_scales(), qw.q_per_channel_zero_points(), bias,
+                       self.x_scale, self.x_zero_point)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, x_scale={self.x_scale:.3g}, x_zp={self.x_zero_point}"
@@ -142,6 +173,7 @@ class Int8Conv2d(nn.Module):
         self._packed = torch.ops.onednn.qconv_prepack(w_s, self.w_scale, self.x_scale, self.x_zero_point,
                                                       self.stride, self.padding, self.dilation, self.groups, None)
         self._int8 = w_s  # kept for ``weight`` and byte counting (plain int8 tensor, not a buffer)
+        self._int8_zero_point = qw.q_per_channel_zero_points()  # for saving (plain tensor, not a buffer)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -175,6 +207,10 @@ class Int8Conv2d(nn.Module):
         bias = 0 if self.bias_f is None else self.bias_f.numel()
         return self._int8.numel() + 4 * bias + 8 * self.out_channels + 8
 
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        """The layer's integers and scales as plain tensors (see the module docstring, ``INT8_ENTRIES``)."""
+        return _packed(self._int8, self.w_scale, self._int8_zero_point, self.bias_f, self.x_scale, self.x_zero_point)
+
 
 @torch.no_grad()
 def export_int8(model: nn.Module) -> nn.Module:
@@ -204,3 +240,90 @@ def int8_weight_bytes(model: nn.Module) -> int:
     total = sum(m.storage_bytes() for m in int8_layers(model).values())
     total += sum(p.numel() * p.element_size() for p in list(model.parameters()) + list(model.buffers()))
     return total
+
+
+def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """An ``export_int8``-ed model as a plain ``{name: tensor}`` dict (safetensors-compatible): each int8
+    layer's packed integers and scales under ``<layer>.int8.<entry>``, every other state_dict entry as is.
+    Raises ValueError if ``model`` has no int8 layer."""
+    layers = int8_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no int8 layer; run export_int8 first")
+    out = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+           if not any(k.startswith(name + ".") for name in layers)}
+    for name, m in layers.items():
+        out.update({f"{name}.int8.{k}": v for k, v in m.packed_tensors().items()})
+    return out
+
+
+@torch.no_grad()
+def load_int8(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild an int8 model from ``int8_tensors`` output: ``model`` is its fake-quant structure (the fp net
+    after the same ``quantize_model(net, 8, 8, ...)`` and other structure calls, not calibrated); each W8A8
+    wrapper gets the stored grid (weight (W_int - z) Delta_w, Delta_w, z, the input's Delta_a, z_a), the rest
+    of the state is loaded strictly, then ``export_int8`` swaps the layers. Returns ``model`` (in place).
+
+    Raises ValueError when the tensors do not fit the structure (missing or extra layers or keys).
+    """
+    layers = quant_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layer; pass the fake-quant structure "
+                         "(quantize_model(net, 8, 8)) the int8 model was exported from")
+    stored = {k.rsplit(".int8.", 1)[0] for k in tensors if ".int8." in k}
+    if stored != set(layers):
+        missing, extra = sorted(set(layers) - stored), sorted(stored - set(layers))
+        raise ValueError(f"int8 tensors do not fit the structure: layers missing {missing[:3]}, unknown {extra[:3]}")
+    state = {k: v for k, v in tensors.items() if ".int8." not in k}
+    for name, m in layers.items():
+        _check_layer_bits(name, m)
+        p = {e: tensors.get(f"{name}.int8.{e}") for e in INT8_ENTRIES}
+        if any(p[e] is None for e in INT8_ENTRIES if e != "bias") or (p["bias"] is None) != (m.layer.bias is None):
+            raise ValueError(f"int8 tensors of layer {name} are incomplete; need {', '.join(INT8_ENTRIES)}")
+        shift_w = 0 if m.w_quant.symmetric else 128
+        shift_a = 128 if m.a_quant.symmetric else 0
+        scale = p["weight_scale"].float()
+        zp = p["weight_zero_point"].float() + shift_w
+        shape = [-1] + [1] * (m.layer.weight.dim() - 1)
+        if p["weight"].shape != m.layer.weight.shape:
+            raise ValueError(f"int8 weight of layer {name} has shape {tuple(p['weight'].shape)}; the structure's is "
+                             f"{tuple(m.layer.weight.shape)}")
+        w = (p["weight"].float() + shift_w - zp.reshape(shape)) * scale.reshape(shape)
+        state[f"{name}.layer.weight"] = w.to(m.layer.weight.dtype)
+        if p["bias"] is not None:
+            state[f"{name}.layer.bias"] = p["bias"]
+        for qname, sc, z in (("w_quant", scale, zp),
+                             ("a_quant", p["input_scale"].float(), p["input_zero_point"].float() - shift_a)):
+            q = getattr(m, qname)
+            state[f"{name}.{qname}.scale"] = sc.reshape(q.scale.shape)
+            state[f"{name}.{qname}.zero_point"] = z.reshape(q.zero_point.shape)
+            state[f"{name}.{qname}.initialized"] = torch.ones_like(q.initialized)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"int8 tensors do not fit the structure: {' '.join(x.strip() for x in first[:3])}") from None
+    return export_int8(model)
+
+
+def _check_layer_bits(name: str, m) -> None:
+    if m.w_quant is None or m.a_quant is None or m.w_quant.bits != 8 or m.a_quant.bits != 8:
+        raise ValueError(f"layer {name} of the structure is not W8A8; int8 models load into quantize_model(net, 8, 8)")
+    if m.a_quant.num_steps is not None:
+        raise ValueError(f"layer {name} of the structure has per-step activation sets; int8 models have one range")
+
+
+def save_int8_file(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``int8_tensors(model)`` to a safetensors file at ``path`` (atomically; ``metadata``: str -> str)."""
+    from safetensors.torch import save_file
+
+    from ...io import atomic_write
+
+    tensors = int8_tensors(model)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_int8_file(model: nn.Module, path) -> nn.Module:
+    """``load_int8(model, tensors)`` with the tensors of a safetensors file written by ``save_int8_file``."""
+    from safetensors.torch import load_file
+
+    return load_int8(model, load_file(str(path)))
