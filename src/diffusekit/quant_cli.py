@@ -59,7 +59,8 @@ def _check_args(args) -> None:
     for flag, bits in (("--wbits", args.wbits), ("--abits", args.abits)):
         if bits not in BITS:
             raise UserError(f"{flag} {bits} is not supported; choose 4 or 8")
-    get_method(args.method)  # ValueError: unknown or not available
+    with user_input():
+        get_method(args.method)  # unknown or not available
     if args.int8_kernels and (args.wbits, args.abits) != (8, 8):
         raise UserError(f"--int8-kernels needs --wbits 8 --abits 8; got W{args.wbits}A{args.abits}")
     if args.calib_samples < 1:
