@@ -32,16 +32,17 @@ class CLIError(UserError):
 def load_denoiser(spec: str):
     """A Denoiser from ``zoo:NAME`` or a training checkpoint directory (EMA weights when present)."""
     from . import zoo
-    from .core import NetworkDenoiser, schedule_from_config
+    from .core import Denoiser, NetworkDenoiser, schedule_from_config
     from .nets import build_net
     from .training.checkpoint import load_checkpoint, load_state_strict
 
     if spec.startswith("zoo:"):
         name = spec[4:]
         obj = zoo.load(name)
-        if not isinstance(obj, NetworkDenoiser):
+        if not isinstance(obj, Denoiser):  # a NetworkDenoiser, or a distilled student's wrapper
             raise CLIError(f"zoo:{name} is a classifier, not a diffusion model; diffusion models: "
-                           + ", ".join(f"zoo:{n}" for n in zoo.MODELS if zoo.manifest(n)["kind"] == "denoiser"))
+                           + ", ".join(f"zoo:{n}" for n in zoo.MODELS
+                                       if zoo.manifest(n)["kind"] in ("denoiser", "student")))
         return obj
     path = Path(spec)
     if not path.is_dir():
@@ -200,20 +201,32 @@ def cmd_sample(args) -> int:
     if out.suffix not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png or .npz; got {out.name}")
     check_output_file(out, overwrite=args.overwrite)
-    sampler = args.sampler or DEFAULT["sampler"]
-    steps = DEFAULT["steps"] if args.steps is None else args.steps
-    if args.count < 1 or steps < 1:
+    if args.count < 1 or (args.steps is not None and args.steps < 1):
         raise CLIError("--count and --steps must be >= 1")
+    if args.sampler in ("consistency", "one_step"):  # the distilled students' samplers register on import
+        from .methods.distill import samplers as _student_samplers  # noqa: F401
     with user_input():
+        denoiser = load_denoiser(args.model)
+        # a distilled student carries its native sampling; it is the default when no sampling flag is given
+        native = getattr(denoiser, "native_sampling", None)
+        use_native = native is not None and args.sampler is None and args.steps is None and args.grid is None \
+            and not args.search_grid
+        sampler = native["sampler"] if use_native else args.sampler or DEFAULT["sampler"]
+        steps = native["steps"] if use_native else DEFAULT["steps"] if args.steps is None else args.steps
         info = get_sampler(sampler)
         opts = _sampler_options(args, info)
-        denoiser = load_denoiser(args.model)
         shape = _sample_shape(denoiser, args)
         labels = _parse_labels(args.class_label, args.count, denoiser.num_classes)
         if labels is None and args.guidance != 1.0:
             raise CLIError(f"--guidance {args.guidance:g} needs a class-conditional model; this one is "
                            "unconditional (use the default --guidance 1)")
-        ts = _time_grid(args, denoiser, steps, shape, labels)
+        if use_native and native["ts"] is not None:
+            if args.t_end is not None:
+                raise CLIError("--t-end sets the end of an explicit --grid; this student samples on its own grid, "
+                               "so pass --grid (and --steps) too")
+            ts = torch.tensor(native["ts"], dtype=torch.float64)
+        else:
+            ts = _time_grid(args, denoiser, steps, shape, labels)
         den = CFGDenoiser(denoiser, args.guidance) if labels is not None and args.guidance != 1.0 else denoiser
     if len(shape) != 3 and out.suffix == ".png":
         raise CLIError("PNG output needs image samples; use .npz for vectors")
@@ -241,6 +254,8 @@ def cmd_sample(args) -> int:
         np.savez(buf, **arrays)
         atomic_write_bytes(out, buf.getvalue())
     grid = f"{args.grid} grid" if args.grid else "default grid"
+    if use_native:
+        grid = "the student's native sampling" + (", its own grid" if native["ts"] is not None else ", default grid")
     print(f"wrote {args.count} samples ({sampler}, {steps} steps, {grid}) to {out}")
     return 0
 
