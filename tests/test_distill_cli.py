@@ -124,7 +124,7 @@ def test_consistency_student_checkpoint_and_sampler(tmp_path, capsys):
     from diffusekit.samplers import SAMPLERS
 
     out = tmp_path / "cd"
-    assert _distill(out, method="consistency", *["--train-steps", "20"]) == 0
+    assert _distill(out, "--train-steps", "20", method="consistency") == 0
     student = load_denoiser(str(out))
     assert isinstance(student, ConsistencyDenoiser)
     native = student.native_sampling
