@@ -107,7 +107,7 @@ def test_boot_trains_without_data_and_one_step_beats_teacher_ddim(monkeypatch):
     r = boot_distill(teacher, cfg, shape=(2,), n_steps=8)
     assert len(seen) == 1 and seen[0].numel() == 0, [tuple(d.shape) for d in seen]
     assert len(r.history["loss"]) == cfg.steps and r.history["loss"][-1] < 0.1 * r.history["loss"][0]
-    assert r.native_sampling == {"sampler": "ddim", "steps": 1, "ts": [1.0, 0.0]}
+    assert r.native_sampling == {"sampler": "one_step", "steps": 1, "ts": [1.0, 0.0]}
     mixture = ring8_mixture()
     x_T = prior_sample(sched, (1000, 2), torch.Generator().manual_seed(123))
     with torch.no_grad():

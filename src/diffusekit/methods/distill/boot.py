@@ -33,9 +33,9 @@ expected loss is (N L_BS + L_BC)/(N + 1). One generation: g_theta(eps, 0), one n
 
 Generation through the common API: ``BootGenerator`` is a ``Denoiser`` defined at t = t_max only, where
 ``denoise(x_T, t_max)`` = g_theta(x_T/prior_std, 0); a one-step DDIM from t_max to 0 returns its x0_hat, so
-``sample_ddim(generator, x_T, [t_max, 0])`` is BOOT's one-step generation (native sampling
-``{"sampler": "ddim", "steps": 1, "ts": [t_max, 0.0]}``; a registered ``one_step`` sampler must return
-``denoiser(x_T, ts[0])``, which is the same).
+``sample_ddim(generator, x_T, [t_max, 0])`` is BOOT's one-step generation, and so is the ``one_step`` sampler
+(``denoiser(x_T, ts[0])``), the student's native sampling ``{"sampler": "one_step", "steps": 1, "ts": [t_max,
+0.0]}``.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ class BootLoss:
 @dataclass
 class BootResult:
     """A BOOT generator (eval mode), the training grid, the history and its native sampling
-    ``{"sampler": "ddim", "steps": 1, "ts": [t_max, 0.0]}``."""
+    ``{"sampler": "one_step", "steps": 1, "ts": [t_max, 0.0]}`` (one call ``generator(x_T, t_max)``; a 1-step
+    DDIM on the same grid gives the same sample)."""
 
     generator: BootGenerator
     ts: torch.Tensor
@@ -205,7 +206,7 @@ def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_step
     history = trainer.fit()
     final = trainer.ema_model if trainer.ema_model is not None else net
     return BootResult(loss_fn.student(final.eval()), ts, history,
-                      {"sampler": "ddim", "steps": 1, "ts": [float(sched.t_max), 0.0]})
+                      {"sampler": "one_step", "steps": 1, "ts": [float(sched.t_max), 0.0]})
 
 
 __all__ = ["BootGenerator", "BootLoss", "BootResult", "boot_distill", "default_read", "signal_ddim_step"]
