@@ -6,7 +6,8 @@ Methods (``methods/distill``): ``progressive`` (Salimans & Ho 2022, rounds 2^r K
 ``prodiff`` (Huang et al. 2022, one round 2K -> K, L1 on x0), ``consistency`` (consistency distillation, Song et
 al. 2023; K-step consistency sampling), ``reflow`` (Liu et al. 2022, a velocity net on the flow schedule trained on
 the teacher's ODE pairs; K Euler steps) and ``rectified`` (Rectified Diffusion, Wang et al. 2024: the teacher
-retrained on its own pairs, same schedule and prediction; K DDIM steps).
+retrained on its own pairs, same schedule and prediction; K DDIM steps); ``boot`` (Gu et al. 2023, data-free:
+a one-step generator bootstrapped on the teacher's Signal-ODE from prior noise only; K = 1).
 
 The output folder gets ``distill.json`` (the run's settings, written before training), one trainer folder per
 stage under ``stages/`` (a checkpoint every ``--checkpoint-every`` steps, at the end and on Ctrl-C / SIGTERM) and,
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .errors import UserError, user_input
 
-METHODS = ("progressive", "prodiff", "consistency", "reflow", "rectified")
+METHODS = ("progressive", "prodiff", "consistency", "boot", "reflow", "rectified")
 RUN_FILE = "distill.json"
 STAGES_DIR = "stages"
 # the training data of the zoo's diffusion models (a trained checkpoint records its own)
@@ -34,8 +35,9 @@ ZOO_DATA = {"digits_unet": {"name": "digits"}, "toy_ring8": {"name": "gmm_ring8"
             "patches_unet": {"name": "patches", "n": 50_000}}
 # per-method defaults: learning rate (students that start from the teacher fine-tune; reflow's velocity net is
 # fresh unless the teacher is a flow model) and the teacher's step count (see --teacher-steps)
-DEFAULT_LR = {"progressive": 1e-4, "prodiff": 1e-4, "consistency": 1e-4, "reflow": 1e-3, "rectified": 1e-4}
-DEFAULTS = {"steps": 2, "train_steps": 1000, "batch_size": 128, "seed": 0, "pairs": 2048, "checkpoint_every": 200}
+DEFAULT_LR = {"progressive": 1e-4, "prodiff": 1e-4, "consistency": 1e-4, "boot": 1e-4, "reflow": 1e-3,
+              "rectified": 1e-4}
+DEFAULTS = {"steps": None, "train_steps": 1000, "batch_size": 128, "seed": 0, "pairs": 2048, "checkpoint_every": 200}
 SETTINGS = ("teacher", "method", "steps", "teacher_steps", "train_steps", "batch_size", "lr", "seed", "pairs", "data")
 
 
@@ -44,12 +46,13 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "saved one)")
     p.add_argument("--method", default=None, choices=METHODS, help="distillation method")
     p.add_argument("--out", required=True, help="output folder (distill.json, stages/, the student checkpoint)")
-    p.add_argument("--steps", type=int, default=None, help=f"the student's sampling steps K (default: "
-                   f"{DEFAULTS['steps']}; progressive needs teacher steps = K * 2^r, prodiff uses 2K)")
+    p.add_argument("--steps", type=int, default=None, help="the student's sampling steps K (default: 2; boot: 1, "
+                   "its only choice; progressive needs teacher steps = K * 2^r, prodiff uses 2K)")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="progressive: the first teacher grid (K * 2^r steps, default 4K); prodiff: fixed at 2K; "
-                        "consistency: points N of the Karras discretisation (default 18); reflow / rectified: "
-                        "DDIM steps of the teacher's (noise, sample) pairs (default 50)")
+                        "consistency: points N of the Karras discretisation (default 18); boot: steps of its "
+                        "log-SNR bootstrapping grid (default 16); reflow / rectified: DDIM steps of the teacher's "
+                        "(noise, sample) pairs (default 50)")
     p.add_argument("--train-steps", type=int, default=None,
                    help=f"optimizer steps per stage (progressive: per round; default: {DEFAULTS['train_steps']})")
     p.add_argument("--batch-size", type=int, default=None, help=f"batch size (default: {DEFAULTS['batch_size']}, "
@@ -93,6 +96,8 @@ def _settings(args, saved: dict | None) -> dict:
     s = {k: (v if v is not None else DEFAULTS.get(k)) for k, v in given.items()}
     for name in ("steps", "teacher_steps", "train_steps", "batch_size", "pairs"):
         _check_positive(name, s[name])
+    if s["steps"] is None:
+        s["steps"] = 1 if s["method"] == "boot" else 2
     if s["lr"] is None:
         s["lr"] = DEFAULT_LR[s["method"]]
     if not s["lr"] > 0:
@@ -112,6 +117,10 @@ def _settings(args, saved: dict | None) -> dict:
             raise UserError(f"--teacher-steps: ProDiff distils a 2K-step teacher into K steps; with --steps {k} it is "
                             f"{2 * k} (omit the flag)")
         s["teacher_steps"] = 2 * k
+    elif method == "boot":
+        if k != 1:
+            raise UserError(f"--steps {k}: a BOOT student is a one-step generator; use --steps 1 (or omit it)")
+        s["teacher_steps"] = s["teacher_steps"] or 16
     elif method == "consistency":
         s["teacher_steps"] = s["teacher_steps"] or 18
         if s["teacher_steps"] < max(2, k):
@@ -131,8 +140,9 @@ def _teacher_data(spec: str, teacher, data_flag: str | None) -> dict:
     from .training.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(spec)
-    data = (meta.get("extra_config") or {}).get("data") or (meta.get("extra_config") or {}).get("student", {}).get(
-        "data")
+    extra = meta.get("extra_config") or {}
+    # a trained checkpoint records its data; a student records the settings it was distilled with
+    data = extra.get("data") or (extra.get("student") or {}).get("settings", {}).get("data")
     return dict(data) if data else _no_data(spec)
 
 
@@ -152,10 +162,13 @@ def _default_grid(schedule, steps: int):
 
 def _check_grids(s: dict, teacher) -> None:
     """Build the grids the run will use, so a step count the teacher's schedule cannot take fails up front."""
+    from .core import make_grid
     from .methods.distill.consistency import consistency_grid
 
     if s["method"] == "consistency":
         consistency_grid(teacher.schedule, s["teacher_steps"])
+    elif s["method"] == "boot":
+        make_grid("logsnr", teacher.schedule, s["teacher_steps"], t_end=0.0)
     else:
         _default_grid(teacher.schedule, s["teacher_steps"])
         _default_grid(teacher.schedule, s["steps"])
@@ -233,9 +246,8 @@ class _Run:
                 print(f"{name}: resuming at step {trainer.step} of {trainer.config.steps}", file=sys.stderr)
         if trainer.step < trainer.config.steps:
             print(extra.get("what", name), file=sys.stderr)
-        history = trainer.fit()
+        trainer.fit()
         self.train_seconds += trainer._train_seconds
-        del history
         return net.eval()
 
 
@@ -285,6 +297,9 @@ def consistency_native_grid(schedule, grid, steps: int) -> list[float]:
 
 
 def distill_consistency(run: _Run, teacher, data: tuple):
+    """Consistency distillation (Song et al. 2023, arXiv 2303.01469, Alg. 2: Heun teacher step, EMA target,
+    L2) on the N = teacher_steps Karras grid; the student is ``ConsistencyDenoiser`` over a copy of the teacher's
+    network, sampled by K-step consistency sampling (Alg. 1) on ``consistency_native_grid``."""
     from .methods.distill.consistency import ConsistencyDistillationLoss, consistency_grid
 
     s = run.s
@@ -298,7 +313,32 @@ def distill_consistency(run: _Run, teacher, data: tuple):
     return student, {"sampler": "consistency", "steps": s["steps"], "ts": grid}
 
 
+def distill_boot(run: _Run, teacher, shape: tuple):
+    """BOOT (Gu et al. 2023, arXiv 2306.05544): the one-step generator bootstrapped between consecutive points of
+    a teacher_steps log-SNR grid plus the boundary loss, on prior noise only (the Trainer's data is a (batch, 0)
+    placeholder; a class-conditional teacher gets uniformly drawn labels). Native sampling: ``one_step``."""
+    import torch
+
+    from .core import make_grid
+    from .methods.distill.boot import BootLoss
+
+    s, sched = run.s, teacher.schedule
+    num_classes = teacher.num_classes
+
+    def random_labels(b, generator, device):
+        return {"class_labels": torch.randint(0, num_classes, (b,), generator=generator).to(device)}
+
+    ts = make_grid("logsnr", sched, s["teacher_steps"], t_end=0.0)
+    loss_fn = BootLoss(_frozen(teacher), ts, teacher.prediction, shape=shape, scale_input=teacher.scale_input,
+                       sigma_data=teacher.sigma_data, cond_sampler=random_labels if num_classes else None)
+    placeholder = torch.zeros(s["batch_size"], 0)
+    net = run.fit("boot", _fresh_copy(teacher.net), loss_fn, (placeholder,),
+                  {"what": f"BOOT on a {s['teacher_steps']}-step log-SNR grid (data-free)", "ts": ts.tolist()})
+    return loss_fn.student(net), {"sampler": "one_step", "steps": 1, "ts": [float(sched.t_max), 0.0]}
+
+
 def _pairs(teacher, s: dict, shape: tuple):
+    """``pairs`` deterministic teacher pairs (x_T, DDIM_{teacher_steps}(x_T)), x_T from ``seed``."""
     import torch
 
     from .methods.distill.rectified import teacher_pairs
@@ -309,6 +349,8 @@ def _pairs(teacher, s: dict, shape: tuple):
 
 
 def distill_rectified(run: _Run, teacher, shape: tuple):
+    """Rectified Diffusion (Wang et al. 2024, arXiv 2410.07303): the teacher retrained on its own pairs, same
+    schedule and prediction type; the student samples with K DDIM steps on ``_default_grid``."""
     from .methods.distill.rectified import RectifiedDiffusionLoss
 
     s = run.s
@@ -321,6 +363,9 @@ def distill_rectified(run: _Run, teacher, shape: tuple):
 
 
 def distill_reflow(run: _Run, teacher, shape: tuple):
+    """Reflow (Liu et al. 2022, arXiv 2209.03003): a velocity network on the flow schedule x_t = (1 - t) x_0 +
+    t x_T regressed on x_T - x_0 of the teacher's pairs (fresh weights unless the teacher is a flow velocity
+    model); the student samples with K uniform Euler steps from t = 1."""
     import torch
 
     from .methods.distill.rectified import ReflowLoss, _reinit
@@ -395,6 +440,8 @@ def run_distill(args) -> int:
                                                   loss="snr_trunc" if s["method"] == "progressive" else "l1")
         elif s["method"] == "consistency":
             student, native = distill_consistency(run, teacher, data)
+        elif s["method"] == "boot":
+            student, native = distill_boot(run, teacher, tuple(dataset.x.shape[1:]))
         elif s["method"] == "rectified":
             student, native = distill_rectified(run, teacher, tuple(dataset.x.shape[1:]))
         else:

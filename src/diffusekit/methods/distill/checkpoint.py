@@ -39,7 +39,7 @@ WRAPPER_PACKAGE = "diffusekit.methods.distill."
 
 
 def _inner_network_denoiser(student: Denoiser) -> NetworkDenoiser:
-    inner = student.inner if isinstance(student, ConsistencyDenoiser) else getattr(student, "inner", student)
+    inner = getattr(student, "inner", student)
     if not isinstance(inner, NetworkDenoiser):
         raise ValueError(f"a student must be a NetworkDenoiser or wrap one as .inner; got {type(student).__name__}")
     return inner
@@ -47,7 +47,7 @@ def _inner_network_denoiser(student: Denoiser) -> NetworkDenoiser:
 
 def wrapper_config(student: Denoiser) -> dict:
     """The JSON description of how ``student`` wraps its network (see the module docstring)."""
-    if isinstance(student, ConsistencyDenoiser):
+    if type(student) is ConsistencyDenoiser:  # subclasses (SLAM's) describe themselves with to_config
         return {"name": "consistency", "sigma_data": student.sigma_data, "t_min": student.t_min}
     if type(student) is NetworkDenoiser:
         return {"name": "network"}
