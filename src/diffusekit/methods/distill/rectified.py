@@ -15,6 +15,12 @@ Time runs as everywhere in diffusekit: t = 0 is data, t = t_max is noise.
   (``RectifiedDiffusionLoss``; loss ``"mse"``: squared error in the prediction's own target space, as the
   teacher was trained; ``"pseudo_huber"``: the paper's sqrt((x0_hat - x_0)^2 + c^2) - c on x0). Student
   initialised from the teacher.
+* k-step distillation of a reflow model (Liu et al., Sec. 2.3 "distillation"; ``ReflowKStepLoss`` /
+  ``reflow_distill_k_step``): draw the reflowed model's own ODE pairs (x_T, x_0 = its fine-grid ODE solution
+  from x_T) and retrain it with the reflow loss with t restricted to the start points of the k-step Euler grid,
+  t in {1, 1 - 1/k, ..., 1/k}. Its k-step Euler sampler then follows the straight line x_T -> x_0: for a
+  perfect student the j-th Euler step from x_{t_j} = (1 - t_j) x_0 + t_j x_T lands exactly on x_{t_{j+1}}.
+  (k = 1 is Liu et al.'s one-step distillation with the L2 distance: ||(x_T + (0 - 1) v(x_T, 1)) - x_0||^2.)
 * ``straightness`` (Liu et al., Def. 2.4, normalised): for a path x(tau), tau in [0, 1] from noise to data,
   S = int_0^1 ||dx/dtau - (x(1) - x(0))||^2 dtau / ||x(1) - x(0)||^2 per sample, tau linear in the schedule
   time (tau = (t_start - t)/(t_start - t_end)), by finite differences on a recorded trajectory. S = 0 exactly
@@ -143,12 +149,42 @@ class RectifiedDiffusionLoss:
         return ((den.raw(x_t, t) - target) ** 2).flatten(1).mean(1)
 
 
+class ReflowKStepLoss(ReflowLoss):
+    """k-step distillation loss of a reflow model (Liu et al. 2022, Sec. 2.3), a ``Trainer`` loss on the
+    model's own pairs (x_T, x_0): t ~ U{1, 1 - 1/k, ..., 1/k} (the k-step Euler grid's step starts on the flow
+    schedule [0, 1]), x_t = (1 - t) x_0 + t x_T, per example mean_j (u_theta(x_t, t) - (x_T - x_0))_j^2."""
+
+    def __init__(self, k: int, schedule: FlowSchedule | None = None):
+        super().__init__(schedule)
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer number of Euler steps; got {k!r}")
+        if self.schedule.t_max != 1.0:
+            raise ValueError(f"k-step distillation uses the flow schedule on [0, 1]; got t_max = {self.schedule.t_max}")
+        self.k = int(k)
+        self.ts = euler_grid(self.k)
+
+    def __call__(self, net, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        x_T, x_0 = batch[0], batch[1]
+        j = torch.randint(0, self.k, (x_0.shape[0],), generator=generator)
+        t = self.ts[j].to(x_0.device)
+        x_t = self.schedule.add_noise(x_0, t, x_T)
+        pred = self.student(net).raw(x_t, t)
+        return ((pred - (x_T - x_0)) ** 2).flatten(1).mean(1)
+
+
+def euler_grid(k: int) -> torch.Tensor:
+    """The k-step Euler grid 1, 1 - 1/k, ..., 0 of the flow schedule (float64, k + 1 points)."""
+    return torch.linspace(1.0, 0.0, int(k) + 1, dtype=torch.float64)
+
+
 @dataclass
 class RectifiedResult:
-    """A trained student (a NetworkDenoiser, eval mode) and the training history."""
+    """A trained student (a NetworkDenoiser, eval mode), the training history and, where the method has one,
+    its native sampling ``{"sampler": ..., "steps": k, "ts": [...]}``."""
 
     student: NetworkDenoiser
     history: dict
+    native_sampling: dict | None = None
 
 
 def _reinit(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -195,5 +231,36 @@ def rectified_diffusion(teacher: NetworkDenoiser, pairs, config: TrainConfig, *,
     return RectifiedResult(loss_fn.student(net.eval()), history)
 
 
-__all__ = ["RD_LOSSES", "RectifiedDiffusionLoss", "RectifiedResult", "ReflowLoss", "excess_length", "ode_trajectory",
+def reflow_distill_k_step(model: NetworkDenoiser, k: int, config: TrainConfig, *, pairs=None, n_pairs: int = 4096,
+                          ode_steps: int = 64, generator: torch.Generator | None = None, shape=None,
+                          out_dir=None) -> RectifiedResult:
+    """k-step distillation of a reflow model (Liu et al. 2022, arXiv 2209.03003, Sec. 2.3): the student starts
+    from a copy of ``model`` (a flow-schedule velocity ``NetworkDenoiser``, e.g. ``reflow(...).student``) and is
+    trained with ``ReflowKStepLoss(k)`` for ``config.steps`` optimizer steps on the model's own ODE pairs:
+    ``pairs`` = (x_T, x_0), or ``n_pairs`` drawn here with ``teacher_pairs`` on the ``ode_steps``-step Euler grid
+    (= DDIM on the flow schedule) from prior noise of per-example ``shape`` (default: the network's ``dim``).
+    Native sampling: ``{"sampler": "ddim", "steps": k, "ts": euler_grid(k)}`` (DDIM on the flow schedule is
+    Euler's method for the velocity)."""
+    if not isinstance(model, NetworkDenoiser) or model.schedule.kind != "flow" or model.prediction != "velocity":
+        raise ValueError("k-step distillation needs a reflow model: a flow-schedule NetworkDenoiser with velocity "
+                         "prediction")
+    loss_fn = ReflowKStepLoss(k, model.schedule)
+    if pairs is None:
+        if shape is None:
+            dim = (getattr(model.net, "config", None) or {}).get("dim")
+            if dim is None:
+                raise ValueError("give the per-example shape of the model's samples (shape=...)")
+            shape = (int(dim),)
+        pairs = teacher_pairs(model, int(n_pairs), euler_grid(ode_steps), generator=generator, shape=shape,
+                              dtype=next(model.net.parameters()).dtype)
+    net = copy.deepcopy(model.net).train().requires_grad_(True)
+    trainer = Trainer(net, loss_fn, tuple(pairs), config, out_dir=out_dir,
+                      extra_config={"method": "reflow_k_step", "k": int(k), "ode_steps": int(ode_steps)})
+    history = trainer.fit()
+    return RectifiedResult(loss_fn.student(net.eval()), history,
+                           {"sampler": "ddim", "steps": int(k), "ts": euler_grid(k).tolist()})
+
+
+__all__ = ["RD_LOSSES", "RectifiedDiffusionLoss", "RectifiedResult", "ReflowKStepLoss", "ReflowLoss", "euler_grid",
+           "reflow_distill_k_step", "excess_length", "ode_trajectory",
            "reflow", "rectified_diffusion", "straightness", "teacher_pairs"]
