@@ -180,3 +180,17 @@ def test_boot_student_is_a_one_step_generator_from_the_cli(tmp_path, capsys):
     teacher = zoo.load("toy_ring8")
     nll_ddim1 = _ring_nll(teacher, lambda x: sample_ddim(teacher, x, [1.0, 0.0]))
     assert nll_boot < nll_ddim1 - 20.0, (nll_boot, nll_ddim1)  # measured 4.6 vs 64.8 (BOOT test: 4.6 vs 65)
+
+
+@pytest.mark.parametrize("method", [m for m in ("prodiff", "slam", "reflow", "rectified")
+                                    if m in __import__("diffusekit.distill_cli").distill_cli.METHODS])
+def test_every_method_writes_a_student_that_samples_natively(tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(["distill", "--teacher", "zoo:toy_ring8", "--method", method, "--out", str(out), "--train-steps",
+                 "10", "--pairs", "256", "--no-progress"]) == 0
+    student = load_denoiser(str(out))
+    assert student.native_sampling["steps"] == 2
+    capsys.readouterr()
+    assert main(["sample", "--model", str(out), "--out", str(tmp_path / "s.npz"), "--count", "16",
+                 "--no-progress"]) == 0
+    assert f"({student.native_sampling['sampler']}, 2 steps, the student's native sampling" in capsys.readouterr().out

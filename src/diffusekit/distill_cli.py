@@ -7,7 +7,8 @@ Methods (``methods/distill``): ``progressive`` (Salimans & Ho 2022, rounds 2^r K
 al. 2023; K-step consistency sampling), ``reflow`` (Liu et al. 2022, a velocity net on the flow schedule trained on
 the teacher's ODE pairs; K Euler steps) and ``rectified`` (Rectified Diffusion, Wang et al. 2024: the teacher
 retrained on its own pairs, same schedule and prediction; K DDIM steps); ``boot`` (Gu et al. 2023, data-free:
-a one-step generator bootstrapped on the teacher's Signal-ODE from prior noise only; K = 1).
+a one-step generator bootstrapped on the teacher's Signal-ODE from prior noise only; K = 1); and ``slam`` (Xu et
+al. 2024, consistency distillation on sub-path linear ODEs) when ``methods/distill/slam`` is present.
 
 The output folder gets ``distill.json`` (the run's settings, written before training), one trainer folder per
 stage under ``stages/`` (a checkpoint every ``--checkpoint-every`` steps, at the end and on Ctrl-C / SIGTERM) and,
@@ -27,7 +28,12 @@ from pathlib import Path
 
 from .errors import UserError, user_input
 
-METHODS = ("progressive", "prodiff", "consistency", "boot", "reflow", "rectified")
+import importlib.util
+
+# SLAM lives in its own module (methods/distill/slam.py); offered when that module is installed
+METHODS = ("progressive", "prodiff", "consistency",
+           *(("slam",) if importlib.util.find_spec("diffusekit.methods.distill.slam") else ()),
+           "boot", "reflow", "rectified")
 RUN_FILE = "distill.json"
 STAGES_DIR = "stages"
 # the training data of the zoo's diffusion models (a trained checkpoint records its own)
@@ -35,8 +41,8 @@ ZOO_DATA = {"digits_unet": {"name": "digits"}, "toy_ring8": {"name": "gmm_ring8"
             "patches_unet": {"name": "patches", "n": 50_000}}
 # per-method defaults: learning rate (students that start from the teacher fine-tune; reflow's velocity net is
 # fresh unless the teacher is a flow model) and the teacher's step count (see --teacher-steps)
-DEFAULT_LR = {"progressive": 1e-4, "prodiff": 1e-4, "consistency": 1e-4, "boot": 1e-4, "reflow": 1e-3,
-              "rectified": 1e-4}
+DEFAULT_LR = {"progressive": 1e-4, "prodiff": 1e-4, "consistency": 1e-4, "slam": 1e-4, "boot": 1e-4,
+              "reflow": 1e-3, "rectified": 1e-4}
 DEFAULTS = {"steps": None, "train_steps": 1000, "batch_size": 128, "seed": 0, "pairs": 2048, "checkpoint_every": 200}
 SETTINGS = ("teacher", "method", "steps", "teacher_steps", "train_steps", "batch_size", "lr", "seed", "pairs", "data")
 
@@ -121,7 +127,7 @@ def _settings(args, saved: dict | None) -> dict:
         if k != 1:
             raise UserError(f"--steps {k}: a BOOT student is a one-step generator; use --steps 1 (or omit it)")
         s["teacher_steps"] = s["teacher_steps"] or 16
-    elif method == "consistency":
+    elif method in ("consistency", "slam"):
         s["teacher_steps"] = s["teacher_steps"] or 18
         if s["teacher_steps"] < max(2, k):
             raise UserError(f"--teacher-steps {s['teacher_steps']}: the consistency grid needs at least "
@@ -165,7 +171,7 @@ def _check_grids(s: dict, teacher) -> None:
     from .core import make_grid
     from .methods.distill.consistency import consistency_grid
 
-    if s["method"] == "consistency":
+    if s["method"] in ("consistency", "slam"):
         consistency_grid(teacher.schedule, s["teacher_steps"])
     elif s["method"] == "boot":
         make_grid("logsnr", teacher.schedule, s["teacher_steps"], t_end=0.0)
@@ -313,6 +319,31 @@ def distill_consistency(run: _Run, teacher, data: tuple):
     return student, {"sampler": "consistency", "steps": s["steps"], "ts": grid}
 
 
+def distill_slam(run: _Run, teacher, data: tuple):
+    """SLAM (Xu et al. 2024, arXiv 2404.13903; ``methods/distill/slam``): consistency distillation along sub-path
+    linear ODEs with the gamma-conditioned copy of the teacher's network (DDIM teacher step, as SPLAM), on the
+    N = teacher_steps Karras grid. The student is saved with gamma = 1 folded into the network (an ordinary
+    consistency student) and samples on SLAM's own K-step grid."""
+    import copy
+
+    from .core import NetworkDenoiser
+    from .methods.distill.consistency import ConsistencyDenoiser, consistency_grid
+    from .methods.distill.slam import GammaConditionedNet, SlamDistillationLoss, slam_native_ts
+
+    s = run.s
+    ts = consistency_grid(teacher.schedule, s["teacher_steps"])
+    loss_fn = SlamDistillationLoss(_frozen(teacher), ts, teacher.prediction, solver="ddim",
+                                   scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    net = GammaConditionedNet(copy.deepcopy(teacher.net)).train().requires_grad_(True)
+    net = run.fit("slam", net, loss_fn, data, {"what": f"SLAM on a {len(ts)}-point grid", "ts": ts.tolist()})
+    slam = loss_fn.consistency(net)
+    folded = NetworkDenoiser(net.fold(1.0).eval(), teacher.schedule, teacher.prediction,
+                             scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    student = ConsistencyDenoiser(folded, sigma_data=slam.sigma_data, t_min=slam.t_min)
+    grid = slam_native_ts(teacher.schedule, ts, s["steps"]) + [0.0]
+    return student, {"sampler": "consistency", "steps": s["steps"], "ts": grid}
+
+
 def distill_boot(run: _Run, teacher, shape: tuple):
     """BOOT (Gu et al. 2023, arXiv 2306.05544): the one-step generator bootstrapped between consecutive points of
     a teacher_steps log-SNR grid plus the boundary loss, on prior noise only (the Trainer's data is a (batch, 0)
@@ -440,6 +471,8 @@ def run_distill(args) -> int:
                                                   loss="snr_trunc" if s["method"] == "progressive" else "l1")
         elif s["method"] == "consistency":
             student, native = distill_consistency(run, teacher, data)
+        elif s["method"] == "slam":
+            student, native = distill_slam(run, teacher, data)
         elif s["method"] == "boot":
             student, native = distill_boot(run, teacher, tuple(dataset.x.shape[1:]))
         elif s["method"] == "rectified":
