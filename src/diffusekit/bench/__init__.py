@@ -98,8 +98,8 @@ def run_bench(name: str, *, out: str | Path = "bench_out", quick: bool = False, 
 def _load_all() -> None:
     """Import the bench modules so they register themselves."""
     from . import (  # noqa: F401
-        autodiffusion, distill, ditto, find, guidance, inverse, momentum, obc, ppap, resshift, samplers_baseline,
-        solvers,
+        autodiffusion, distill, ditto, ditto2, find, guidance, inverse, momentum, obc, ppap, resshift,
+        samplers_baseline, solvers,
     )
     from . import quant  # noqa: F401
 

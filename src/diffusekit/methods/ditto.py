@@ -10,9 +10,16 @@ the Gaussian shell ||x_T|| ~ sqrt(d) where the model was trained (the prior regu
 instead projects back onto the shell after every Adam step).
 
 DITTO-2 (Novack et al. 2024, arXiv 2405.20289) makes the loop cheap: optimise x_T through a 1-2 step
-surrogate G_s (there a consistency-distilled model; here few-step DDIM of the same model), then decode
-x_T* with a multi-step sampler. ``optimize_noise`` implements both (pick ``steps``); ``decode`` and
-``ditto2`` give the two-stage recipe. Control losses return per-example values of shape (B,).
+surrogate G_s, then decode x_T* with a multi-step sampler,
+
+    x_T* = argmin_{x_T}  L(G_s(x_T)) + w_reg * R(x_T),      x_0 = G_teacher(x_T*).
+
+The paper's surrogate is a consistency-distilled student of the same model; ``ditto2(..., student=S,
+student_sampling={"sampler", "steps", "ts"})`` takes any distilled student (a Denoiser from
+``methods.distill``: progressive, consistency, SLAM, BOOT, ...) with its native sampling, and without one
+falls back to a few-step DDIM of the teacher itself as a stand-in. ``optimize_noise`` implements both loops
+(pick ``steps`` or an explicit grid ``ts``); ``decode`` and ``ditto2`` give the two-stage recipe. Control
+losses return per-example values of shape (B,).
 """
 
 from __future__ import annotations
@@ -40,9 +47,21 @@ class CheckpointedDenoiser(Denoiser):
         return checkpoint(lambda x_: self.inner.denoise(x_, t, **cond), x, use_reentrant=False)
 
 
-def _resolve_sampler(sampler) -> Callable:
+def _resolve_sampler(sampler, *, seed: int = 0) -> Callable:
+    """A deterministic ``fn(denoiser, x, ts, cond=...)``: a callable as is, or a registered sampler by name.
+    ``"consistency"`` (multistep consistency sampling, Song et al. 2023, Alg. 1) re-injects noise between
+    steps; here that noise comes from a generator re-seeded with ``seed`` on every call, so the map x_T -> x_0
+    is deterministic and differentiable in x_T."""
     if callable(sampler):
         return sampler
+    if sampler == "consistency":
+        from .distill.consistency import consistency_sample
+
+        def sample_consistency_fixed_noise(denoiser, x, ts, cond=None):
+            return consistency_sample(denoiser, x, ts, generator=torch.Generator(x.device).manual_seed(seed),
+                                      cond=cond)
+
+        return sample_consistency_fixed_noise
     from ..samplers import get_sampler
 
     info = get_sampler(sampler)
@@ -82,14 +101,15 @@ def norm_regulariser(x_T: torch.Tensor) -> torch.Tensor:
 def optimize_noise(denoiser: Denoiser, loss_fn: ControlLoss, x_T: torch.Tensor, *, sampler="ddim", steps: int = 2,
                    iters: int = 50, lr: float = 0.1, reg_weight: float = 10.0, renorm: bool = False,
                    grid: str = "trailing", cond: dict | None = None, checkpointing: bool = False,
-                   callback: Callable | None = None) -> tuple[torch.Tensor, dict]:
+                   callback: Callable | None = None, ts=None) -> tuple[torch.Tensor, dict]:
     """DITTO (arXiv 2401.12179, Alg. 1) / DITTO-2 surrogate stage (arXiv 2405.20289): Adam on x_T,
 
         loss(x_T) = sum_b [ L_b(G(x_T)_b) + reg_weight * (||x_T,b|| / sqrt(d) - 1)^2 ],
 
     with G the deterministic ``steps``-step ``sampler`` (name or ``fn(denoiser, x, ts, cond=...)``) on
-    ``grid``. Summing over the batch keeps the examples independent (Adam is per-coordinate). With
-    ``renorm`` x_T is projected back to radius sqrt(d) after every step. Cost per iteration: ``steps``
+    ``grid``, or on the explicit time grid ``ts`` when given (``steps`` and ``grid`` are then unused).
+    Summing over the batch keeps the examples independent (Adam is per-coordinate). With ``renorm`` x_T is
+    projected back to radius sqrt(d) after every step. Cost per iteration: ``steps``
     forward + backward denoiser passes (x2 forward with ``checkpointing``).
 
     x_T: (B, ...). loss_fn(x0) -> (B,). Returns (x_T*, history) where x_T* is detached and history has
@@ -105,7 +125,11 @@ def optimize_noise(denoiser: Denoiser, loss_fn: ControlLoss, x_T: torch.Tensor, 
     den = CheckpointedDenoiser(denoiser) if checkpointing else denoiser
     sample_fn = _resolve_sampler(sampler)
     nfe_per_step = getattr(getattr(sample_fn, "info", None), "nfe_per_step", None) or 1
-    ts = make_grid(grid, denoiser.schedule, steps)
+    if ts is None:
+        ts = make_grid(grid, denoiser.schedule, steps)
+    else:
+        ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        steps = len(ts) - 1 if sampler != "consistency" else len(ts)
     cond = cond or {}
     d = x_T[0].numel()
     x = x_T.detach().clone().requires_grad_(True)
@@ -135,13 +159,58 @@ def optimize_noise(denoiser: Denoiser, loss_fn: ControlLoss, x_T: torch.Tensor, 
     return x.detach(), hist
 
 
+def student_surrogate_grid(student: Denoiser, sampling: dict, grid: str = "trailing") -> torch.Tensor:
+    """The time grid of a distilled student's native sampling ``{"sampler", "steps", "ts"}`` (the distillation
+    contract of ``methods.distill``): ``ts`` when given, else ``make_grid(grid, schedule, steps)``. float64."""
+    if not isinstance(sampling, dict) or "sampler" not in sampling:
+        raise ValueError("student_sampling must be a dict with 'sampler', 'steps' and optionally 'ts' (the "
+                         f"student's native sampling); got {sampling!r}")
+    ts = sampling.get("ts")
+    if ts is not None:
+        return torch.as_tensor(ts, dtype=torch.float64).flatten()
+    steps = sampling.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"student_sampling['steps'] must be a positive integer when 'ts' is None; got {steps!r}")
+    return make_grid(grid, student.schedule, steps)
+
+
 def ditto2(denoiser: Denoiser, loss_fn: ControlLoss, x_T: torch.Tensor, *, surrogate_steps: int = 1,
            decode_steps: int = 20, sampler="ddim", grid: str = "trailing", cond: dict | None = None,
+           student: Denoiser | None = None, student_sampling: dict | None = None,
            **opt_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """DITTO-2 (arXiv 2405.20289): optimise x_T through the ``surrogate_steps``-step sampler, then decode
-    x_T* with the ``decode_steps``-step sampler. Returns (x0, x_T*, history)."""
-    x_opt, hist = optimize_noise(denoiser, loss_fn, x_T, sampler=sampler, steps=surrogate_steps, grid=grid,
-                                 cond=cond, **opt_kwargs)
+    """DITTO-2 (Novack et al. 2024, arXiv 2405.20289, Sec. 3): optimise x_T through a cheap surrogate G_s,
+
+        x_T* = argmin_{x_T} L(G_s(x_T)) + reg_weight * R(x_T)          (``optimize_noise``),
+
+    then decode x_0 = G(x_T*) with the full ``decode_steps``-step ``sampler`` of ``denoiser`` (the teacher).
+    G_s is, as in the paper, a distilled student when ``student`` is given: ``student`` any Denoiser (e.g. a
+    progressive-distillation ``NetworkDenoiser``, a ``ConsistencyDenoiser``) run by its native sampling
+    ``student_sampling = {"sampler": name or fn, "steps": k, "ts": times or None (then ``grid``)}`` (``"consistency"``
+    sampling uses fixed re-injected noise, see ``_resolve_sampler``). The student must start from the same
+    noise level as the teacher's decode grid (same x_T). Without a student, G_s is the teacher's own
+    ``surrogate_steps``-step ``sampler`` (the DDIM stand-in). Cost per Adam iteration: the surrogate's NFE
+    forward + backward passes. Returns (x0, x_T*, history); history["surrogate"] describes G_s.
+    """
+    if student is None:
+        if student_sampling is not None:
+            raise ValueError("student_sampling was given without a student")
+        x_opt, hist = optimize_noise(denoiser, loss_fn, x_T, sampler=sampler, steps=surrogate_steps, grid=grid,
+                                     cond=cond, **opt_kwargs)
+        hist["surrogate"] = {"kind": "teacher_few_step", "sampler": sampler if isinstance(sampler, str) else "custom",
+                             "steps": surrogate_steps}
+    else:
+        if student_sampling is None:
+            raise ValueError("a student surrogate needs student_sampling = {'sampler', 'steps', 'ts'} (its native "
+                             "sampling)")
+        ts = student_surrogate_grid(student, student_sampling, grid)
+        t_decode = float(make_grid(grid, denoiser.schedule, decode_steps)[0])
+        if abs(float(ts[0]) - t_decode) > 1e-6 * max(1.0, abs(t_decode)):
+            raise ValueError(f"the student's grid starts at t = {float(ts[0])} but the teacher's decode grid at "
+                             f"t = {t_decode}; both must start from the same x_T")
+        s_sampler = student_sampling["sampler"]
+        x_opt, hist = optimize_noise(student, loss_fn, x_T, sampler=s_sampler, ts=ts, cond=cond, **opt_kwargs)
+        hist["surrogate"] = {"kind": "student", "sampler": s_sampler if isinstance(s_sampler, str) else "custom",
+                             "steps": hist["steps"], "ts": [float(t) for t in ts]}
     return decode(denoiser, x_opt, sampler=sampler, steps=decode_steps, grid=grid, cond=cond), x_opt, hist
 
 
@@ -184,4 +253,4 @@ def intensity_loss(target: float | torch.Tensor, mask: torch.Tensor | None = Non
 
 
 __all__ = ["CheckpointedDenoiser", "ControlLoss", "class_loss", "decode", "ditto2", "generate", "intensity_loss",
-           "measurement_loss", "norm_regulariser", "optimize_noise", "shell_radius"]
+           "measurement_loss", "norm_regulariser", "optimize_noise", "shell_radius", "student_surrogate_grid"]
