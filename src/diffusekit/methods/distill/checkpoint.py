@@ -131,8 +131,12 @@ def build_student(net: torch.nn.Module, extra_config: dict, where: str = "studen
     else:
         raise CheckpointError(f"{where}: unknown student wrapper {wrapper!r}; this diffusekit rebuilds network, "
                               f"consistency and {WRAPPER_PACKAGE}* classes with from_config")
-    if not hasattr(student, "num_classes"):  # what `diffusekit sample` asks of a model (ConsistencyDenoiser lacks it)
+    # what `diffusekit sample` and CFGDenoiser ask of a model, where the wrapper class does not say it
+    # (ConsistencyDenoiser; f = a x~ + r D is affine in D, so guidance on f is guidance on D)
+    if not hasattr(student, "num_classes"):
         student.num_classes = inner.num_classes
+    if inner.num_classes is not None and not hasattr(student, "null_class"):
+        student.null_class = inner.null_class
     student.native_sampling = native
     return student
 
