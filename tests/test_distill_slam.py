@@ -143,6 +143,9 @@ def test_config_round_trip_and_native_sampling():
     assert slam_native_ts(teacher.schedule, ts, 1) == [float(ts[0])]
     two = slam_native_ts(teacher.schedule, ts, 2)
     assert two[0] == teacher.schedule.t_max and two[0] > two[1] > float(ts[-1])
+    assert len(set(slam_native_ts(teacher.schedule, ts, 9))) == 9
+    with pytest.raises(ValueError, match="steps must be"):
+        slam_native_ts(teacher.schedule, ts, 10)
     f = SlamDenoiser(_random_gamma_net(5, torch.float32), teacher.schedule, "v", t_min=float(ts[-1]))
     cfg = f.to_config()
     import json

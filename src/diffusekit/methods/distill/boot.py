@@ -20,8 +20,9 @@ output is read as an x0 estimate through the teacher's prediction type at (x_T, 
 is exactly the teacher's x0-prediction at t_max for every t. For teachers whose x0 divides by alpha (eps, score,
 edm), that read amplifies the output by 1/alpha_T, so their student reads its output directly as x0 instead.
 
-Losses (per example, the grid t_0 = t_max > t_1 > ... > t_N = 0, uniform in log-SNR by default, so the step size
-delta in lambda is constant and the paper's w_t/delta^2 weighting is a constant factor):
+Losses (per example, the grid t_0 = t_max > t_1 > ... > t_N = 0, uniform in log-SNR by default; unit weights: on
+that grid the step in lambda is the same for every step but the last, to t = 0, so the paper's w_t/delta^2
+weighting of L_BS is dropped as a constant):
 
     bootstrapping:  i ~ U{0..N-1}, t = t_i, s = t_{i+1}:
                     L_BS = || g_theta(eps, s) - SG[ r g_theta(eps, t) + (1 - r) f_phi(alpha_t g_theta(eps, t) +

@@ -265,9 +265,9 @@ class SlamResult:
 def slam_native_ts(schedule, ts: torch.Tensor, steps: int) -> list[float]:
     """The k-step sampling times [t_max, tau_1, ..., tau_{k-1}]: the training grid's start and k - 1 of its
     points at evenly spaced indices (decreasing, all > t_min)."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps}")
     n = len(ts)
+    if int(steps) != steps or not 1 <= steps < n:
+        raise ValueError(f"steps must be an integer in [1, {n - 1}] for a {n}-point grid; got {steps}")
     idx = [round(j * (n - 1) / steps) for j in range(int(steps))]
     return [float(ts[j]) for j in idx]
 
