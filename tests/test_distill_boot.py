@@ -81,6 +81,14 @@ def test_loss_is_bootstrapping_plus_boundary():
             want[k] = ((gen.signal(xk, s) - target) ** 2).mean()
     assert bool((i < 0).any()) and bool((i == 3).any())
     torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-7)
+    # x-space weighting: the same errors times alpha_s^2 (alpha_0 = 1 on the last step, alpha_T^2 at the boundary)
+    weighted = BootLoss(teacher, ts, teacher.prediction, shape=(2,), weighting="x")(
+        teacher.net, (torch.zeros(64, 0),), torch.Generator().manual_seed(2))
+    s_row = torch.where(i < 0, ts[0], ts[(i + 1).clamp(max=4)])
+    torch.testing.assert_close(weighted.detach(), got.detach() * sched.alpha(s_row).float() ** 2, rtol=1e-5,
+                               atol=1e-9)
+    with pytest.raises(ValueError, match="unknown BOOT weighting"):
+        BootLoss(teacher, ts, "v", shape=(2,), weighting="snr")
     with pytest.raises(ValueError, match="t_max"):
         BootLoss(teacher, make_grid("logsnr", sched, 4, t_end=0.0)[1:], "v", shape=(2,))
 

@@ -53,6 +53,8 @@ from ...core.grids import check_grid, make_grid
 from ...core.predictions import ALPHA_DIVIDING, check_prediction, x0_from_prediction
 from ...training.trainer import TrainConfig, Trainer
 
+WEIGHTINGS = ("unit", "x")
+
 
 class BootGenerator(Denoiser):
     """The BOOT student g_theta(eps, t) (module docstring) and a one-step generator.
@@ -125,10 +127,17 @@ class BootLoss:
     """Per-example BOOT loss (module docstring), a ``Trainer`` loss. The batch is not read beyond its size and
     device: x_T is drawn from the loss generator (a prior sample at t_max), so the loss is data-free.
 
-    ``teacher``: the frozen teacher Denoiser; ``ts``: the decreasing grid t_max -> 0 (N steps)."""
+    ``teacher``: the frozen teacher Denoiser; ``ts``: the decreasing grid t_max -> 0 (N steps). ``weighting``:
+    ``"unit"`` (the squared error of y_s) or ``"x"`` (alpha_s^2 times it: the squared error of the implied
+    trajectory point x_s = alpha_s y_s + sigma_s eps, which keeps the large y errors that a teacher's x0 estimate
+    has near t_max -- e.g. an eps-prediction teacher's (x - sigma eps_hat)/alpha -- from dominating)."""
 
     def __init__(self, teacher: Denoiser, ts, prediction: str, *, shape, read: str | None = None,
-                 scale_input: bool | None = None, sigma_data: float = 0.5, cond_sampler=None):
+                 scale_input: bool | None = None, sigma_data: float = 0.5, cond_sampler=None,
+                 weighting: str = "unit"):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown BOOT weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
+        self.weighting = weighting
         ts = check_grid(as_time(ts).flatten(), teacher.schedule)
         if float(ts[0]) != teacher.schedule.t_max or float(ts[-1]) != 0.0:
             raise ValueError(f"the BOOT grid must run from t_max = {teacher.schedule.t_max} to 0; got "
@@ -164,7 +173,8 @@ class BootLoss:
             s_safe = torch.where(boundary, ts[-1], s)  # the boundary rows' target is f itself
             target = torch.where(per_sample(boundary, f).bool(), f, signal_ddim_step(y_t, f, t, s_safe, sched))
         pred = student.signal(x_T, s, **cond)
-        return ((pred - target) ** 2).flatten(1).mean(1)
+        err = ((pred - target) ** 2).flatten(1).mean(1)
+        return err if self.weighting == "unit" else err * sched.alpha(s).to(err.dtype) ** 2
 
 
 @dataclass
@@ -180,14 +190,14 @@ class BootResult:
 
 
 def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_steps: int = 16, grid: str = "logsnr",
-                 read: str | None = None, cond_sampler=None, out_dir=None) -> BootResult:
+                 read: str | None = None, weighting: str = "unit", cond_sampler=None, out_dir=None) -> BootResult:
     """BOOT (Gu et al. 2023, arXiv 2306.05544): train g_theta(eps, t), initialised from a copy of the teacher's
     network, by bootstrapping between consecutive points of an ``n_steps`` grid (``make_grid(grid, ...)`` from
     t_max to 0) plus the boundary loss at t_max, for ``config.steps`` optimizer steps of ``config.batch_size``
     noise draws. There is no data argument: the Trainer gets a (batch_size, 0) placeholder whose only use is the
     batch size; every input is prior noise from the loss generator. ``shape``: the per-example sample shape.
     ``cond_sampler(b, generator, device) -> dict``: optional conditioning per batch (e.g. random class labels
-    for a class-conditional teacher)."""
+    for a class-conditional teacher). ``weighting``: see ``BootLoss``."""
     if not isinstance(teacher, NetworkDenoiser):
         raise ValueError(f"the teacher must be a NetworkDenoiser (its network initialises the student); "
                          f"got {type(teacher).__name__}")
@@ -198,11 +208,11 @@ def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_step
     frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), sched, teacher.prediction,
                              scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
     loss_fn = BootLoss(frozen, ts, teacher.prediction, shape=shape, read=read, scale_input=teacher.scale_input,
-                       sigma_data=teacher.sigma_data, cond_sampler=cond_sampler)
+                       sigma_data=teacher.sigma_data, cond_sampler=cond_sampler, weighting=weighting)
     net = copy.deepcopy(teacher.net).train().requires_grad_(True)
     placeholder = torch.zeros(config.batch_size, 0, device=next(net.parameters()).device)
     trainer = Trainer(net, loss_fn, (placeholder,), config, out_dir=out_dir,
-                      extra_config={"method": "boot", "n_steps": int(n_steps), "grid": grid,
+                      extra_config={"method": "boot", "n_steps": int(n_steps), "grid": grid, "weighting": weighting,
                                     "read": loss_fn.student(net).read})
     history = trainer.fit()
     final = trainer.ema_model if trainer.ema_model is not None else net
@@ -210,4 +220,4 @@ def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_step
                       {"sampler": "one_step", "steps": 1, "ts": [float(sched.t_max), 0.0]})
 
 
-__all__ = ["BootGenerator", "BootLoss", "BootResult", "boot_distill", "default_read", "signal_ddim_step"]
+__all__ = ["WEIGHTINGS", "BootGenerator", "BootLoss", "BootResult", "boot_distill", "default_read", "signal_ddim_step"]
