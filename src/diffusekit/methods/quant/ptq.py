@@ -120,6 +120,7 @@ def quantize_ptq4dm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, traj: 
     the weights (activations off while it runs) with ``iters`` steps per block (reference: off).
     """
     _check(denoiser, wbits, abits, traj)
+    n_iters = _budget(iters, quick)
     t0 = time.perf_counter()
     net = copy.deepcopy(denoiser.net).eval()
     qkw = {"weight_method": "mse"}
@@ -139,7 +140,6 @@ def quantize_ptq4dm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, traj: 
             "structure": {"split": [], "quantize_model": dict(qkw), "attention": None, "temporal_cache": False}}
     t1 = time.perf_counter()
     if brecq:
-        n_iters = _budget(iters, quick)
         set_act_mode(net, "off")
         try:
             stats = reconstruct_blocks(net, denoiser.net, _runner(qden, calib), iters=n_iters, lr_v=lr_v,
@@ -191,6 +191,8 @@ def quantize_qdiffusion(denoiser: NetworkDenoiser, wbits: int, abits: int, *, tr
        ``iters``), Adam ``lr_act`` with cosine decay, L_2.4 loss.
     """
     _check(denoiser, wbits, abits, traj)
+    n_iters = _budget(iters, quick)
+    n_act = n_iters if act_iters is None else _budget(act_iters, quick)
     t0 = time.perf_counter()
     calib = qdiffusion_calibration(traj, num_steps=min(num_steps, traj.num_steps), per_step=per_step, seed=seed)
     net = copy.deepcopy(denoiser.net).eval()
@@ -206,8 +208,6 @@ def quantize_qdiffusion(denoiser: NetworkDenoiser, wbits: int, abits: int, *, tr
     qden = QuantDenoiser(net, denoiser)
     calib_seconds = time.perf_counter() - t0
 
-    n_iters = _budget(iters, quick)
-    n_act = n_iters if act_iters is None else _budget(act_iters, quick)
     t1 = time.perf_counter()
     set_act_mode(net, "off")
     w_stats = reconstruct_blocks(net, denoiser.net, _runner(qden, calib), iters=n_iters, lr_v=lr_v, seed=seed,
@@ -249,6 +249,7 @@ def quantize_naive_brecq(denoiser: NetworkDenoiser, wbits: int, abits: int, *, t
     arXiv 2102.05426; Nagel et al. 2020, arXiv 2004.10568) on the same calibration set, activations off while
     reconstructing. Isolates the effect of reconstruction from Q-Diffusion's calibration set and split."""
     _check(denoiser, wbits, abits, traj)
+    n_iters = _budget(iters, quick)
     t0 = time.perf_counter()
     net = copy.deepcopy(denoiser.net).eval()
     quantize_model(net, wbits, abits)
@@ -256,7 +257,6 @@ def quantize_naive_brecq(denoiser: NetworkDenoiser, wbits: int, abits: int, *, t
     calib = uniform_calibration(traj, seed=seed)
     _calibrate(net, calib, qden, "minmax")
     calib_seconds = time.perf_counter() - t0
-    n_iters = _budget(iters, quick)
     t1 = time.perf_counter()
     set_act_mode(net, "off")
     try:
