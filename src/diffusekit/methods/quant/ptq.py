@@ -22,7 +22,7 @@ contract of ``pipeline`` (``quantize_<method>(denoiser, wbits, abits, *, traj, s
   separate what reconstruction buys from what Q-Diffusion's calibration and split add.
 
 Budgets: the reference reconstructs 20k iterations per block (Q-Diffusion's activation stage 5k); here
-``iters`` defaults to 300 (``quick``: 30) per block and stage on CPU. With so few steps the reference V
+``iters`` defaults to 300 (``quick``: 50) per block and stage on CPU. With so few steps the reference V
 learning rate 1e-3 cannot move a rounding variable far enough to flip it (Adam moves each V by about lr per
 step; h saturates at |V| ~ 2.4), so the pipelines use ``lr_v = 1e-2`` (measured on digits_unet, W4 weights
 only, Q-Diffusion calibration, 200 iterations per block: relative x0 error 0.535 with nearest rounding,
@@ -55,7 +55,7 @@ __all__ = ["quantize_ptq4dm", "quantize_qdiffusion", "quantize_naive_brecq", "DE
            "RECON_LR_V"]
 
 DEFAULT_ITERS = 300
-QUICK_ITERS = 30
+QUICK_ITERS = 50
 RECON_LR_V = 1e-2
 _BATCH = 256
 

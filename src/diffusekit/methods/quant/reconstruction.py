@@ -13,11 +13,12 @@ Public API (the TFMQ-DM / EDA-DM pieces build on it)::
 ``run_batches()`` returns an iterable over the calibration batches; each item is either a callable
 ``item(net)`` that runs a network on that batch (e.g. ``lambda net: net(*den.net_inputs(x, t), **cond)``), or
 a tuple / dict / tensor passed as ``net(*item)`` / ``net(**item)`` / ``net(item)``. It is called several
-times (once per block for each network), and must yield the same batches every time. The function returns,
-per reconstructed block in execution order, ``{"layers", "iters", "samples", "mse_before", "mse_after",
-"loss_first", "loss_last", "seconds"}`` (``mse_*``: mean squared error of the block output against the
-full-precision block on the full-precision input, over all cached samples, with nearest rounding before
-and the baked rounding after).
+times (once per block for each network), and must yield the same batches every time. Every tensor a block
+takes or returns is taken to be batched along dim 0 (cached inputs are concatenated and minibatched there).
+The function returns, per reconstructed block in execution order, ``{"layers", "iters", "samples",
+"mse_before", "mse_after", "loss_first", "loss_last", "seconds"}`` (``mse_*``: mean squared error of the
+block output against the full-precision block on the full-precision input, over all cached samples, with
+nearest rounding before and the baked rounding after).
 
 AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization",
 arXiv 2004.10568, eq. 21-24). Each weight is rounded down or up as a learned choice:
