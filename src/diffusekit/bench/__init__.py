@@ -102,6 +102,7 @@ def _load_all() -> None:
         samplers_baseline, solvers,
     )
     from . import quant  # noqa: F401
+    from . import pso, tadsr  # noqa: F401
 
 
 _load_all()

@@ -244,7 +244,7 @@ def tadsr_distill(rs: ResShift, teacher_net: nn.Module, x0: torch.Tensor, y: tor
             tp = torch.randint(0, hsd_max_t, (batch_size,), generator=g)
             l_hsd = hsd_loss(rs, teacher, x0_stu, x0_tea, yb, tp, randn_like(xb, g)).mean()
             loss = loss + hsd_weight * l_hsd
-            hist["loss_hsd"].append(float(l_hsd))
+            hist["loss_hsd"].append(float(l_hsd.detach()))
         if disc is not None:
             td = torch.randint(0, rs.num_steps, (batch_size,), generator=g)
             n = randn_like(xb, g)
@@ -252,7 +252,7 @@ def tadsr_distill(rs: ResShift, teacher_net: nn.Module, x0: torch.Tensor, y: tor
             l_g = -disc(rs.q_sample(x0_stu, yb, td, n), yb, td).mean()
             disc.requires_grad_(True)
             loss = loss + adv_weight * l_g
-            hist["loss_g"].append(float(l_g))
+            hist["loss_g"].append(float(l_g.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
