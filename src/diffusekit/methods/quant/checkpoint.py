@@ -19,15 +19,15 @@ The file pair is the standard training checkpoint (``training.checkpoint``: ``ch
     split_concat_convs(net, split)                 # when split is non-empty
     quantize_model(net, wbits, abits, **quantize_model)
     quantize_attention(net, abits, **attention)    # when attention is not None
+    tfmq.restore_temporal_cache(net, state, num_classes)   # when temporal_cache: TFMQ's cached features
     load_state_strict(net, state)
 
 then wraps the net in a ``QuantDenoiser`` with the stored ``step_times``. With ``int8_kernels`` the loaded
 W8A8 net is exported to real int8 CPU kernels (``int8.export_int8``): the packed int8 weights are derived from
 the stored fake-quant weights and scales, so the int8 model equals the fake-quant one up to float summation
 order (no separate int8 file is needed). A ``structure`` key this loader does not know, or a structure it
-cannot rebuild (``temporal_cache`` true: no rebuild recipe exists yet), is refused with one CheckpointError
-line; ``save_quantized`` replays the load before writing, so a result that could not be read back is never
-written.
+cannot rebuild, is refused with one CheckpointError line; ``save_quantized`` replays the load before writing, so a
+result that could not be read back is never written.
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ def _check_structure(structure, where: str) -> dict:
     if unknown:
         raise CheckpointError(f"{where}: unknown quant structure key(s) {', '.join(unknown)}; this diffusekit "
                               f"rebuilds {', '.join(STRUCTURE_KEYS)}")
-    if structure.get("temporal_cache"):
-        raise CheckpointError(f"{where}: the quantized net uses cached temporal features (temporal_cache), which "
-                              "this loader cannot rebuild yet")
     if not isinstance(structure.get("quantize_model", {}), dict):
         raise CheckpointError(f"{where}: quant structure 'quantize_model' must be a mapping of quantize_model kwargs")
     att = structure.get("attention")
@@ -63,11 +60,12 @@ def _check_structure(structure, where: str) -> dict:
     return structure
 
 
-def rebuild_quantized_net(model_config: dict, wbits: int, abits: int, structure: dict, *,
+def rebuild_quantized_net(model_config: dict, wbits: int, abits: int, structure: dict, state: dict, *,
                           where: str = "quantized checkpoint") -> torch.nn.Module:
     """The fp net built from ``model_config`` with ``structure`` replayed on it (split shortcut convs,
-    ``quantize_model``, attention-matmul quantizers), weights not loaded yet. Raises CheckpointError (one line)
-    on an unknown key or kwargs that do not fit."""
+    ``quantize_model``, attention-matmul quantizers, TFMQ's temporal feature cache tables when
+    ``temporal_cache``: ``tfmq.restore_temporal_cache`` attaches them from ``state``), then ``state`` loaded
+    strictly. Raises CheckpointError (one line) on an unknown key, kwargs or weights that do not fit."""
     from ...nets import build_net
     from .calibration import split_concat_convs
     from .modules import quantize_model
@@ -82,9 +80,14 @@ def rebuild_quantized_net(model_config: dict, wbits: int, abits: int, structure:
             from .attention import quantize_attention
 
             quantize_attention(net, abits, **dict(structure["attention"]))
+        if structure.get("temporal_cache"):
+            from .tfmq import restore_temporal_cache
+
+            restore_temporal_cache(net, state, model_config.get("num_classes"))
     except (ValueError, TypeError, KeyError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{where}: cannot rebuild the quantized network from its structure: {msg}") from None
+    load_state_strict(net, state, where)
     return net.eval()
 
 
@@ -156,9 +159,8 @@ def load_quantized_denoiser(tensors: dict, meta: dict, path) -> QuantDenoiser:
         structure = quant["structure"]
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{where}: quantized checkpoint lacks wbits/abits/structure") from None
-    net = rebuild_quantized_net(meta["model_config"], wbits, abits, structure, where=where)
-    load_state_strict(net, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, where)
-    net.eval()
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    net = rebuild_quantized_net(meta["model_config"], wbits, abits, structure, state, where=where)
     if quant.get("int8_kernels"):
         _export_int8(net, where)
     return _denoiser_from(net, extra, where)
@@ -177,8 +179,7 @@ def save_quantized(out_dir, result: QuantResult, source: dict, *, int8_kernels: 
         raise ValueError(f"{where}: the network has no config, so a checkpoint of it could not be rebuilt")
     state = {k: v.detach().clone() for k, v in result.net.state_dict().items()}
     net = rebuild_quantized_net(copy.deepcopy(result.net.config), result.wbits, result.abits,
-                                extra["quant"]["structure"], where=where)
-    load_state_strict(net, state, where)
+                                extra["quant"]["structure"], state, where=where)
     if int8_kernels:
         _export_int8(net, where)
     return save_checkpoint(out_dir, model=result.net, ema_model=None, optimizer=None, step=0, extra_config=extra,
