@@ -43,7 +43,7 @@ ZOO_STUDENT = "digits_student_2step"
 
 def _config(quick: bool) -> dict:
     if quick:
-        return {"batch": 8, "iters": 8, "decode_steps": 10, "repeats": 1, "distill_start": 8, "distill_steps": 40,
+        return {"batch": 10, "iters": 12, "decode_steps": 10, "repeats": 1, "distill_start": 8, "distill_steps": 60,
                 "distill_batch": 32}
     return {"batch": 20, "iters": 30, "decode_steps": 20, "repeats": 3, "distill_start": 16, "distill_steps": 300,
             "distill_batch": 64}
