@@ -11,6 +11,8 @@ Assets:
 * ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (v prediction, continuous VP).
 * ``patches_unet``: unconditional UNet on 16 x 16 grey natural-image patches (eps prediction, discrete
   linear VP schedule); the natural-image prior of the inverse-problem, ResShift and OBC benches.
+* ``digits_student_2step``: a consistency-distilled student of ``digits_unet`` (``ConsistencyDenoiser``), sampled
+  in 2 network calls by multistep consistency sampling (its ``native_sampling``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet")
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step")
 
 
 class ZooError(ValueError):
@@ -87,6 +89,11 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
     net = build_net(meta["net"])
     net.load_state_dict(state)
     net.eval()
+    if meta["kind"] == "student":  # a distilled student: its wrapper and native sampling (methods/distill)
+        from ..methods.distill.checkpoint import build_student
+
+        return build_student(net, {"schedule": meta["schedule"], "loss": meta["loss"], "student": meta["student"]},
+                             f"zoo:{name}")
     return NetworkDenoiser(net, schedule_from_config(meta["schedule"]), meta["loss"]["prediction"])
 
 

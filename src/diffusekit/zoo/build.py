@@ -14,17 +14,19 @@ from ..metrics.digits import train_digits_classifier
 from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
-from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, PATCHES_LOSS, PATCHES_NET, PATCHES_SCHEDULE,
-                      PATCHES_TRAIN_N, RING_LOSS, RING_NET, RING_SCHEDULE, evaluate_digits, evaluate_patches,
-                      train_model)
+from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD, DIGITS_STUDENT_STEPS,
+                      DIGITS_STUDENT_TRAIN, PATCHES_LOSS, PATCHES_NET, PATCHES_SCHEDULE, PATCHES_TRAIN_N, RING_LOSS,
+                      RING_NET, RING_SCHEDULE, best_training_free_2nfe, choose_consistency_tau, draw_digits_with,
+                      evaluate_digits, evaluate_patches, train_model)
 
 # Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
 BUDGETS = {
     "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 12_000, "patches_steps": 6_000,
              "patches_eval_n": 256, "patches_samples": 1_000, "patches_train_n": PATCHES_TRAIN_N,
-             "patches_likelihood_steps": 50},
+             "patches_likelihood_steps": 50, "student_steps": DIGITS_STUDENT_TRAIN["steps"], "student_eval_n": 100},
     "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4, "patches_steps": 4,
-              "patches_eval_n": 4, "patches_samples": 8, "patches_train_n": 256, "patches_likelihood_steps": 2},
+              "patches_eval_n": 4, "patches_samples": 8, "patches_train_n": 256, "patches_likelihood_steps": 2,
+              "student_steps": 4, "student_eval_n": 2},
 }
 
 
@@ -95,8 +97,47 @@ def build_patches_unet(budget: dict, assets_dir: Path, progress: bool) -> dict:
     return write_asset("patches_unet", trainer.ema_model.state_dict(), meta, assets_dir)
 
 
+def build_digits_student_2step(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    """Consistency distillation of digits_unet (``recipes.DIGITS_STUDENT_*``), 2-step consistency sampling with tau
+    chosen on the train split; metrics on the test split beside the teacher (DDIM 50) and its best 2-NFE
+    training-free solver, all at guidance 1 on the same noise."""
+    from ..metrics import class_accuracy, digits_fd
+    from ..methods.distill import samplers  # noqa: F401  (registers the consistency sampler)
+    from ..methods.distill.checkpoint import student_config
+    from ..methods.distill.consistency import consistency_distill
+
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    teacher = load("digits_unet", assets_dir=assets_dir)
+    classifier = load("digits_classifier", assets_dir=assets_dir)
+    config = TrainConfig(**{**DIGITS_STUDENT_TRAIN, "steps": budget["student_steps"]}, progress=progress)
+    torch.manual_seed(config.seed)
+    result = consistency_distill(teacher, (train.x, train.y), config, **DIGITS_STUDENT_CD)
+    student, grid = result.model, result.ts
+    choice = choose_consistency_tau(student, grid, classifier, n_per_class=max(2, budget["student_eval_n"] // 2))
+    ts = [float(grid[0]), choice["tau"], 0.0]
+    native = {"sampler": "consistency", "steps": DIGITS_STUDENT_STEPS, "ts": ts}
+    labels = torch.arange(10).repeat_interleave(budget["student_eval_n"])
+    x = draw_digits_with(student, "consistency", torch.tensor(ts, dtype=torch.float64), labels, seed=0)
+    metrics = {"student": {"digits_fd": digits_fd(x, test.x, classifier=classifier),
+                           "class_accuracy": class_accuracy(x, labels, classifier=classifier),
+                           "sampler": "consistency, 2 steps", "timesteps": ts, "nfe": 2},
+               "teacher_ddim_50": evaluate_digits(teacher, classifier, n_per_class=budget["student_eval_n"],
+                                                  guidance=1.0, steps=50)[0],
+               "training_free_2nfe": best_training_free_2nfe(teacher, classifier, n_per_class=budget["student_eval_n"]),
+               "tau_search": choice, "num_samples": len(labels), "guidance_scale": 1.0}
+    metrics["teacher_ddim_50"].pop("sampler_timesteps", None)
+    extra = student_config(student, native, method="consistency", teacher="zoo:digits_unet",
+                           distillation={**DIGITS_STUDENT_CD, "grid": grid.tolist()})
+    meta = {"kind": "student", "net": DIGITS_NET, "schedule": DIGITS_SCHEDULE, "loss": extra["loss"],
+            "student": extra["student"], "training": config.to_dict(), "training_seconds": result.history["seconds"],
+            "final_loss": sum(result.history["loss"][-50:]) / max(1, len(result.history["loss"][-50:])),
+            "metrics": metrics}
+    return write_asset("digits_student_2step", student.inner.net.state_dict(), meta, assets_dir)
+
+
 BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_digits_unet,
-            "toy_ring8": build_toy_ring8, "patches_unet": build_patches_unet}
+            "toy_ring8": build_toy_ring8, "patches_unet": build_patches_unet,
+            "digits_student_2step": build_digits_student_2step}
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:
