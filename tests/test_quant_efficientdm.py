@@ -102,6 +102,18 @@ def test_scale_aware_learning_rates_follow_delta_w(digits):
         add_qalora(_small_quantized(digits[0])[0], 0)
 
 
+def _rebuild(den, wbits, abits, structure):
+    """The final-network contract (pipeline): fp net, quantize_model(**kwargs), quantize_attention(**kwargs)."""
+    from diffusekit.methods.quant.attention import quantize_attention
+    from diffusekit.nets import build_net
+
+    assert structure["split"] == [] and structure["temporal_cache"] is False
+    net = quantize_model(build_net(den.net.config), wbits, abits, **structure["quantize_model"])
+    if structure["attention"] is not None:
+        quantize_attention(net, abits, **structure["attention"])
+    return net
+
+
 @pytest.fixture(scope="module")
 def w4a4(digits):
     den, traj, err = digits
@@ -126,8 +138,6 @@ def test_efficientdm_w4a4_beats_minmax_and_lowers_its_loss(digits, w4a4):
 
 
 def test_efficientdm_result_follows_the_final_network_contract(digits, w4a4):
-    from diffusekit.methods.quant.checkpoint import rebuild_quantized_net
-
     den, traj, _ = digits
     res = w4a4
     s = res.info["structure"]
@@ -135,7 +145,7 @@ def test_efficientdm_result_follows_the_final_network_contract(digits, w4a4):
     assert torch.equal(res.denoiser.step_times, traj.t)
     for m in quant_layers(res.net).values():  # every stored weight on its grid (LoRA merged)
         assert torch.equal(m.w_quant(m.layer.weight.detach()), m.layer.weight.detach())
-    rebuilt = rebuild_quantized_net(den.net.config, 4, 4, s)
+    rebuilt = _rebuild(den, 4, 4, s)
     rebuilt.load_state_dict(res.net.state_dict(), strict=True)
     again = QuantDenoiser(rebuilt, den, step_times=traj.t)
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -146,6 +156,23 @@ def test_efficientdm_result_follows_the_final_network_contract(digits, w4a4):
                                res.denoiser(x, t, class_labels=torch.arange(8)))
     # the fp input model was not touched
     assert not quant_layers(den.net)
+
+
+def test_efficientdm_with_attention_quantizers_rebuilds(digits):
+    from diffusekit.methods.quant.attention import attention_layers
+
+    den, traj, _ = digits
+    res = quantize_efficientdm(den, 4, 8, traj=traj, epochs=1, batch_size=4, calib_per_step=4, attention=True)
+    s = res.info["structure"]
+    assert s["attention"] == {"act_steps": STEPS, "learnable": True}
+    att = attention_layers(res.net)
+    assert len(att) == 4 and all(bool(q.initialized.all()) for m in att.values() for q in m.activation_quantizers())
+    rebuilt = _rebuild(den, 4, 8, s)
+    rebuilt.load_state_dict(res.net.state_dict(), strict=True)
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(6)), traj.t[3].expand(4)
+    with torch.no_grad():
+        assert torch.equal(QuantDenoiser(rebuilt, den, step_times=traj.t)(x, t, class_labels=torch.arange(4)),
+                           res.denoiser(x, t, class_labels=torch.arange(4)))
 
 
 def test_efficientdm_bad_input(digits):

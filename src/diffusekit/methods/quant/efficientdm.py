@@ -49,8 +49,8 @@ from ...core.denoiser import Denoiser, NetworkDenoiser
 from ...core.noise import prior_sample
 from ...core.predictions import x0_from_prediction
 from .calibration import Trajectories
-from .modules import calibrate, quant_layers, quantize_model, set_act_mode
-from .pipeline import QuantDenoiser, QuantResult, open_bar, sample_shape
+from .modules import act_quantizers, calibrate, quant_layers, quantize_model, set_act_mode
+from .pipeline import QuantDenoiser, QuantResult, open_bar
 
 __all__ = ["LoRADelta", "add_qalora", "merge_qalora", "qalora_parameters", "lora_learning_rates",
            "talsq_calibrate", "distill_data_free", "quantize_efficientdm"]
@@ -147,13 +147,11 @@ def talsq_calibrate(qden: NetworkDenoiser, traj: Trajectories, *, per_step: int 
     (``act_steps = traj.num_steps``, TALSQ) set k comes from the first ``per_step`` trajectories at recorded
     step k; with one set per quantizer, from the same samples pooled over all steps. ``method``: range search
     (EfficientDM's PTQ init uses the MSE search)."""
-    from .modules import _act_quantizers
-
     s = traj.num_steps
     per_step = traj.num_samples if per_step is None else int(per_step)
     if not 1 <= per_step <= traj.num_samples:
         raise ValueError(f"per_step must be in 1..{traj.num_samples}; got {per_step}")
-    steps = {q.num_steps for q in _act_quantizers(qden.net)}
+    steps = {q.num_steps for q in act_quantizers(qden.net)}
     if steps not in ({s}, {None}):
         raise ValueError(f"every activation quantizer needs {s} per-step sets (one per recorded step) or one set")
 
@@ -208,8 +206,6 @@ def distill_data_free(teacher: NetworkDenoiser, student: QuantDenoiser, ts: torc
     QALoRA branch at its ``lora_lrs`` entry, the weight quantizers' Delta at ``weight_scale_lr``, the activation
     quantizers' Delta (LSQ) at ``act_lr``; all other parameters frozen. Returns the loss of every update."""
     from ...samplers import sample_ddim
-    from .modules import _act_quantizers
-
     net = student.net
     branches = qalora_parameters(net)
     for p in net.parameters():
@@ -220,7 +216,7 @@ def distill_data_free(teacher: NetworkDenoiser, student: QuantDenoiser, ts: torc
             p.requires_grad_(True)
         groups.append({"params": list(delta.parameters()), "lr": lora_lrs[name]})
     wq = [m.w_quant.scale for m in quant_layers(net).values() if m.w_quant is not None and m.w_quant.learnable]
-    aq = [q.scale for q in _act_quantizers(net) if q.learnable]
+    aq = [q.scale for q in act_quantizers(net) if q.learnable]
     for group, lr in ((wq, weight_scale_lr), (aq, act_lr)):
         if group and lr > 0:
             for p in group:
@@ -298,7 +294,7 @@ def quantize_efficientdm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, t
     add_qalora(net, rank, seed=seed)
     lrs = lora_learning_rates(net, lora_lr_factor, scale_aware=scale_aware_lr)
     ts = traj.t.clone() if float(traj.t[-1]) == 0.0 else torch.cat([traj.t, traj.t.new_zeros(1)])
-    shape = tuple(traj.x.shape[2:]) if traj.x.dim() > 2 else sample_shape(denoiser)
+    shape = tuple(traj.x.shape[2:])  # (S, N, *sample shape)
     num_classes = denoiser.num_classes if "class_labels" in traj.cond else None
     losses = distill_data_free(denoiser, qden, ts, shape, epochs=epochs, batch_size=batch_size, lora_lrs=lrs,
                                act_lr=act_lr, weight_scale_lr=weight_scale_lr, eta=eta, num_classes=num_classes,

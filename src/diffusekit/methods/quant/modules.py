@@ -25,7 +25,7 @@ from torch import nn
 from .quantizer import RANGE_METHODS, UniformQuantizer
 
 __all__ = ["QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "calibrate", "set_quant_step",
-           "set_act_mode", "quant_state", "weight_bytes"]
+           "set_act_mode", "act_quantizers", "quant_state", "weight_bytes"]
 
 WEIGHT_METHODS = ("minmax", "mse")
 
@@ -133,7 +133,7 @@ def quant_layers(model: nn.Module) -> dict[str, _QuantWrapper]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantWrapper)}
 
 
-def _act_quantizers(model: nn.Module) -> list[UniformQuantizer]:
+def act_quantizers(model: nn.Module) -> list[UniformQuantizer]:
     """Every activation quantizer of ``model``: the wrappers' ``a_quant`` and those of any module that lists
     its own in an ``activation_quantizers()`` method (e.g. ``attention.QuantAttention``), so
     ``calibrate``, ``set_quant_step`` and ``set_act_mode`` cover them too."""
@@ -145,6 +145,9 @@ def _act_quantizers(model: nn.Module) -> list[UniformQuantizer]:
         elif callable(getattr(m, "activation_quantizers", None)):
             out.extend(m.activation_quantizers())
     return out
+
+
+_act_quantizers = act_quantizers
 
 
 def set_quant_step(model: nn.Module, step: int | None) -> None:
