@@ -9,7 +9,7 @@ import torch
 from diffusekit import zoo
 from diffusekit.core import make_grid, prior_sample
 from diffusekit.data import load_dataset
-from diffusekit.methods.distill import progressive_distill
+from diffusekit.methods.distill import ConsistencyDenoiser, progressive_distill
 from diffusekit.methods.ditto import decode, ditto2, optimize_noise
 from diffusekit.samplers import sample_ddim
 from diffusekit.training.config import TrainConfig
@@ -62,6 +62,20 @@ def test_bad_student_input(ring):
     with pytest.raises(ValueError, match="positive integer"):
         ditto2(teacher, _target_loss, x_T, grid="logsnr", student=student,
                student_sampling={"sampler": "ddim", "steps": 0, "ts": None}, iters=1)
+
+
+def test_consistency_student_runs_with_fixed_reinjected_noise(ring):
+    """A consistency-model surrogate (multistep sampling re-injects noise) is run with the same noise on every
+    call, so the surrogate map is deterministic in x_T and Adam on it lowers the control loss."""
+    teacher, _, _, x_T = ring
+    cm = ConsistencyDenoiser(teacher)  # f = c_skip x~ + c_out F over the teacher: a valid consistency function
+    sampling = {"sampler": "consistency", "steps": 2, "ts": [1.0, 0.3]}
+    runs = [ditto2(teacher, _target_loss, x_T[:16], decode_steps=8, grid="logsnr", student=cm,
+                   student_sampling=sampling, iters=6, lr=0.1) for _ in range(2)]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
+    hist = runs[0][2]
+    assert hist["nfe_per_iter"] == 2 and hist["surrogate"]["sampler"] == "consistency"
+    assert hist["loss"][-1] < hist["loss"][0]
 
 
 def test_student_surrogate_is_cheaper_and_controls_the_full_sampler(ring):
