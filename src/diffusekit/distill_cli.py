@@ -56,7 +56,7 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "its only choice; progressive needs teacher steps = K * 2^r, prodiff uses 2K)")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="progressive: the first teacher grid (K * 2^r steps, default 4K); prodiff: fixed at 2K; "
-                        "consistency: points N of the Karras discretisation (default 18); boot: steps of its "
+                        "consistency, slam: points N of the Karras grid (default 18); boot: steps of its "
                         "log-SNR bootstrapping grid (default 16); reflow / rectified: DDIM steps of the teacher's "
                         "(noise, sample) pairs (default 50)")
     p.add_argument("--train-steps", type=int, default=None,
