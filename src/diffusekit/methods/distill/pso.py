@@ -20,18 +20,20 @@ student (the offline variant). The model in the margin's "ref" terms is the froz
 (``reference="initial"``, Diffusion-DPO) or the current model under stop-gradient (``reference="current"``):
 then Delta = 0 in value and the gradient is beta/2 grad(e_theta(x^w) - e_theta(x^l)), which vanishes in
 expectation once the student's own samples are distributed like the targets -- the fixed point is the target
-distribution under the student's sampler, not the posterior mean that naive fine-tuning fits. Measured on the
-ring toy (tests/test_distill_pso.py): online PSO against the frozen initial model drifts (its fresh samples are
-always better explained by the moving model than by the frozen one, so the loss grows from log 2 to > 5), and
-offline PSO with beta 100 barely moves in 100 updates; online PSO against the current model moves the 2-step
-samples onto the target modes. Which reference the paper's online variant uses is not verified (no public code exists).
+distribution under the student's sampler, not the posterior mean that naive fine-tuning fits (with Adam, beta
+then only scales a gradient Adam normalises). Measured on the 2-step ring student of tests/test_distill_pso.py
+(target: 2 of 8 modes, 100 updates): online PSO against the frozen initial model drifts off the modes (its fresh
+samples are always better explained by the moving model than by the frozen one; at lr 1e-3 the loss grows from
+log 2 to ~19), and offline PSO with beta 100 barely moves (target share 0.25 -> 0.27 at lr 2e-4); online PSO
+against the current model moves the 2-step samples onto the target modes (0.25 -> 0.996). Which reference the
+paper's online variant uses is not verified (no public code exists), so both are here and ``reference="current"``
+is the default.
 
-The error is measured on the distilled model's own output,
-its clean-sample estimate x0_hat (``space="x0"``, the default): Diffusion-DPO's eps error equals SNR(t) times it,
-which gives no weight at a distilled grid's first time t_max (SNR ~ 0, x_t ~ eps for target and reference alike),
-the very step where a few-step model decides which mode a sample goes to; ``space="eps"`` is the DPO form. With
-the shared eps at t_max the x0 margin is -2 (x0_theta - x0_ref) . (x^w - x^l): it pulls the model's output toward
-the target and away from its own sample.
+The error is measured on the distilled model's own output, its clean-sample estimate x0_hat (``space="x0"``, the
+default): Diffusion-DPO's eps error equals SNR(t) times it, which gives no weight at a distilled grid's first time
+t_max (SNR ~ 0, x_t ~ eps for target and reference alike), the very step where a few-step model decides which mode
+a sample goes to; ``space="eps"`` is the DPO form. With the shared eps at t_max the x0 margin is
+-2 (x0_theta - x0_ref) . (x^w - x^l): it pulls the model's output toward the target and away from its own sample.
 
 Baseline: ``naive_finetune`` minimises the eps-MSE diffusion loss on the target set, t ~ U(t_min, t_max) (the
 standard objective) or on the student's times.
