@@ -163,7 +163,8 @@ def quantize_edadm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, traj: T
                    quick: bool = False, progress=None, n_calib: int | None = None, feature: str | None = None,
                    r: float = 3.0, lam: float = 1.2, eta: float = 0.8, iters: int | None = None,
                    lr_v: float | None = None, lr_act: float | None = None, qdrop_prob: float = 0.5,
-                   weight_method: str = "minmax", use_tdac: bool = True) -> QuantResult:
+                   weight_method: str = "minmax", use_tdac: bool = True,
+                   features: torch.Tensor | None = None) -> QuantResult:
     """EDA-DM (Liu et al. 2024, arXiv 2401.04585) post-training quantization; the method contract of ``pipeline``.
 
     1. TDAC (``tdac_calibration``): ``n_calib`` (default: all N trajectories) calibration samples allocated
@@ -180,6 +181,7 @@ def quantize_edadm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, traj: T
        Learning rates default to the reference's (``_reference_lrs``); ``iters`` per block: 40 with
        ``quick``, else 400 (the reference: 5000, batch 32).
 
+    ``features``: precomputed ``trajectory_features(denoiser, traj, feature)`` (computed here when None).
     ``use_tdac=False`` is the ablation with one uniformly random step per trajectory (same budget).
     ``weight_method`` "minmax" by default (see ``tfmq.quantize_tfmq`` for the measurement). Returns a
     ``QuantResult`` (no ``step_times``: one activation set) with ``info`` holding the structure, the TDAC
@@ -197,7 +199,8 @@ def quantize_edadm(denoiser: NetworkDenoiser, wbits: int, abits: int, *, traj: T
     fp_net = denoiser.net.eval()
     tdac = None
     if use_tdac:
-        features = trajectory_features(denoiser, traj, feature)
+        if features is None:
+            features = trajectory_features(denoiser, traj, feature)
         scores = tdac_scores(features, r=r, lam=lam)
         calib = tdac_calibration(traj, features, n, r=r, lam=lam, seed=seed)
         tdac = {"density": scores["density"].tolist(), "diversity": scores["diversity"].tolist(),

@@ -280,14 +280,16 @@ def _attach_cache(net: nn.Module, times_in: torch.Tensor, tables: dict[str, torc
         m.register_buffer(CACHE_BUFFER, table.detach().clone())
         m._temporal_cache_state = state
         m.forward = types.MethodType(_cached_forward, m)
-    net._temporal_cache_hook = net.register_forward_pre_hook(_cache_pre_hook, with_kwargs=True)
+    net.register_forward_pre_hook(_cache_pre_hook, with_kwargs=True)
 
 
 def disable_temporal_cache(net: nn.Module) -> nn.Module:
     """Remove a temporal cache from ``net`` (its modules compute again); a no-op without one."""
-    if hasattr(net, "_temporal_cache_hook"):
-        net._temporal_cache_hook.remove()
-        del net._temporal_cache_hook
+    # found by identity rather than through a stored handle, which a deep copy would share with the original
+    for key, fn in list(net._forward_pre_hooks.items()):
+        if fn is _cache_pre_hook:
+            del net._forward_pre_hooks[key]
+            net._forward_pre_hooks_with_kwargs.pop(key, None)
     for m in net.modules():
         if CACHE_BUFFER in m._buffers:
             del m._buffers[CACHE_BUFFER]
