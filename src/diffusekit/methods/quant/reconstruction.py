@@ -426,7 +426,8 @@ def reconstruct_blocks(q_net: nn.Module, fp_net: nn.Module, run_batches: Callabl
         layer_loss_weight: eta of the per-layer output term (0: pure block loss).
         layer_loss_exclude_last: leave the last executed quantized layer of the block out of that term.
         batch_size: samples per optimisation step. p: exponent of the L_p reconstruction loss.
-        lr_v, lr_act: Adam learning rates of V and of the activation steps (the latter cosine-decayed to 0).
+        lr_v, lr_act: Adam learning rates of V and of the activation steps (the latter cosine-decayed to 0);
+            lr_v 1e-2 suits a few hundred iterations, the reference's 1e-3 its 20k (see the module docstring).
         reg_weight, beta, warmup: lambda, (beta_start, beta_end) and the warm-up fraction of the regulariser.
         qdrop_prob: QDrop probability of feeding an input element's full-precision value.
         seed: minibatch / QDrop draws. progress: ``progress(desc, total)`` -> bar with update/close, or None.
