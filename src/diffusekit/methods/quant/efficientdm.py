@@ -33,6 +33,19 @@ Pipeline (the reference ``quant_scripts/train_efficientdm.py``):
 
 The reference's CFG-combined loss (ImageNet LDM) does not apply to our class-conditional digits net without
 guidance; the loss uses the conditional prediction the sampler uses.
+
+Measured on digits_unet (64 fp DDIM-20 calibration trajectories, 16 per step for the ranges; error of x0_hat
+relative to fp and eps MSE, averaged over the 20 steps of 32 fresh trajectories; 1 thread on a loaded shared
+2-core machine, so seconds are upper bounds):
+
+    W4A8  min/max 0.650 / 0.00280 (5 s);  EfficientDM quick (8 epochs = 160 updates, rank 4) 0.321 / 0.00094
+          (116 s: calibration 19 s, fine-tuning 88 s)
+    W4A4  min/max 12.1 / 0.430 (9 s);  PTQ init alone 3.03 / 0.049;  quick 2.60 / 0.036 (139 s);
+          24 epochs 2.43 / 0.031 (220 s);  ablations at quick: global lr 2.58 / 0.036 (no measurable
+          difference at this budget), one activation set instead of TALSQ 2.80 / 0.040.
+
+Most of the gain over min/max comes from the PTQ init (MSE ranges, per-step activation sets, 8-bit first and
+last layers); the distillation lowers the eps error by a further 25-35 % and keeps improving with updates.
 """
 
 from __future__ import annotations
