@@ -57,6 +57,29 @@ def test_initial_student_is_the_teacher_at_t_max_and_generator_contract():
         BootGenerator.from_config(net, sched, {"kind": "slam"})
 
 
+def test_clip_x0_distills_the_thresholded_teacher(monkeypatch):
+    from diffusekit.methods.thresholding import StaticThresholdDenoiser
+    losses = []
+
+    class SpyTrainer(Trainer):
+        def __init__(self, model, loss_fn, data, config, **kw):
+            losses.append(loss_fn)
+            super().__init__(model, loss_fn, data, config, **kw)
+
+    monkeypatch.setattr(boot_module, "Trainer", SpyTrainer)
+    teacher = zoo.load("toy_ring8")
+    cfg = TrainConfig(steps=1, batch_size=8, lr=1e-12, warmup_steps=0, progress=False)
+    r = boot_distill(teacher, cfg, shape=(2,), n_steps=2, clip_x0=1.5)
+    assert isinstance(losses[0].teacher, StaticThresholdDenoiser) and losses[0].teacher.clip_range == 1.5
+    boot_distill(teacher, cfg, shape=(2,), n_steps=2)
+    assert type(losses[1].teacher) is type(teacher)
+    assert r.generator.net is not teacher.net
+    with pytest.raises(ValueError, match="n_steps"):
+        boot_distill(teacher, cfg, shape=(2,), n_steps=0)
+    with pytest.raises(ValueError, match="NetworkDenoiser"):
+        boot_distill(ring8_mixture().denoiser(VPLinear()), cfg, shape=(2,))
+
+
 def test_loss_is_bootstrapping_plus_boundary():
     teacher = zoo.load("toy_ring8")
     sched = teacher.schedule

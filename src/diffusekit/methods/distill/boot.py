@@ -52,6 +52,7 @@ from ...core.denoiser import Denoiser, NetworkDenoiser
 from ...core.grids import check_grid, make_grid
 from ...core.predictions import ALPHA_DIVIDING, check_prediction, x0_from_prediction
 from ...training.trainer import TrainConfig, Trainer
+from ..thresholding import StaticThresholdDenoiser
 
 WEIGHTINGS = ("unit", "x")
 
@@ -190,14 +191,18 @@ class BootResult:
 
 
 def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_steps: int = 16, grid: str = "logsnr",
-                 read: str | None = None, weighting: str = "unit", cond_sampler=None, out_dir=None) -> BootResult:
+                 read: str | None = None, weighting: str = "unit", clip_x0: float | None = None, cond_sampler=None,
+                 out_dir=None) -> BootResult:
     """BOOT (Gu et al. 2023, arXiv 2306.05544): train g_theta(eps, t), initialised from a copy of the teacher's
     network, by bootstrapping between consecutive points of an ``n_steps`` grid (``make_grid(grid, ...)`` from
     t_max to 0) plus the boundary loss at t_max, for ``config.steps`` optimizer steps of ``config.batch_size``
     noise draws. There is no data argument: the Trainer gets a (batch_size, 0) placeholder whose only use is the
     batch size; every input is prior noise from the loss generator. ``shape``: the per-example sample shape.
     ``cond_sampler(b, generator, device) -> dict``: optional conditioning per batch (e.g. random class labels
-    for a class-conditional teacher). ``weighting``: see ``BootLoss``."""
+    for a class-conditional teacher). ``weighting``: see ``BootLoss``. ``clip_x0``: distill the teacher with its
+    x0 estimate clipped to [-clip_x0, clip_x0] (``StaticThresholdDenoiser``, the clipped DDIM that pixel-space
+    DDPM samplers run); then y_s = r y_t + (1 - r) f stays in that range, which keeps an eps-prediction teacher's
+    amplified x0 estimates near t_max from dominating the student's targets."""
     if not isinstance(teacher, NetworkDenoiser):
         raise ValueError(f"the teacher must be a NetworkDenoiser (its network initialises the student); "
                          f"got {type(teacher).__name__}")
@@ -207,12 +212,14 @@ def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_step
     ts = make_grid(grid, sched, int(n_steps), t_end=0.0)
     frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), sched, teacher.prediction,
                              scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
-    loss_fn = BootLoss(frozen, ts, teacher.prediction, shape=shape, read=read, scale_input=teacher.scale_input,
+    target_teacher = frozen if clip_x0 is None else StaticThresholdDenoiser(frozen, clip_range=float(clip_x0))
+    loss_fn = BootLoss(target_teacher, ts, teacher.prediction, shape=shape, read=read, scale_input=teacher.scale_input,
                        sigma_data=teacher.sigma_data, cond_sampler=cond_sampler, weighting=weighting)
     net = copy.deepcopy(teacher.net).train().requires_grad_(True)
     placeholder = torch.zeros(config.batch_size, 0, device=next(net.parameters()).device)
     trainer = Trainer(net, loss_fn, (placeholder,), config, out_dir=out_dir,
                       extra_config={"method": "boot", "n_steps": int(n_steps), "grid": grid, "weighting": weighting,
+                                    "clip_x0": clip_x0,
                                     "read": loss_fn.student(net).read})
     history = trainer.fit()
     final = trainer.ema_model if trainer.ema_model is not None else net
