@@ -162,7 +162,8 @@ def test_efficientdm_with_attention_quantizers_rebuilds(digits):
     from diffusekit.methods.quant.attention import attention_layers
 
     den, traj, _ = digits
-    res = quantize_efficientdm(den, 4, 8, traj=traj, epochs=1, batch_size=4, calib_per_step=4, attention=True)
+    res = quantize_efficientdm(den, 4, 8, traj=traj, epochs=1, batch_size=4, calib_per_step=4, attention=True,
+                               weight_method="minmax", act_method="minmax")
     s = res.info["structure"]
     assert s["attention"] == {"act_steps": STEPS, "learnable": True}
     att = attention_layers(res.net)
