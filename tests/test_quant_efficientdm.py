@@ -5,10 +5,11 @@ min/max PTQ on digits_unet and lowers its own distillation loss.
 Measured on digits_unet (x0_hat error relative to fp, averaged over the steps of 32 fresh DDIM trajectories;
 eps MSE likewise), 20-step calibration trajectories (64), 1 thread on a shared 2-core machine:
 W4A4 min/max 12.1 / 0.430; EfficientDM PTQ init alone 3.03 / 0.049; EfficientDM quick (8 epochs = 160
-updates, rank 4) 2.49 / 0.037 in 87 s. The tiny budget below (10-step trajectories, 6 epochs = 60 updates of
-batch 16) measured: min/max 11.4 / 0.365, PTQ init 2.89 / 0.036, fine-tuned 2.86 / 0.033; distillation loss
-first epoch 41.6 -> last epoch 34.1. Most of the gain over min/max comes from the PTQ init (MSE ranges,
-per-step activation sets, 8-bit first/last layers); the fine-tuning adds a smaller, consistent reduction.
+updates, rank 4) 2.49-2.60 / 0.036. The tiny budget below (10-step trajectories, 6 epochs = 60 updates of
+batch 16) measured: min/max 11.4 / 0.365, PTQ init 2.89 / 0.0362, fine-tuned 2.86 / 0.0333 (0.0333 for
+fine-tuning seeds 0-3); distillation loss first epoch 41.6 -> last epoch 34.1 (seed 0). Most of the gain over
+min/max comes from the PTQ init (MSE ranges, per-step activation sets, 8-bit first/last layers); the
+fine-tuning adds a smaller, consistent reduction (8 % in eps here, 25-35 % with 160-480 updates).
 """
 
 import copy
@@ -128,13 +129,14 @@ def test_efficientdm_w4a4_beats_minmax_and_lowers_its_loss(digits, w4a4):
     x0_mm, eps_mm = err(quantize_minmax(den, 4, 4, traj=traj).denoiser)
     # measured 2.86 vs 11.4 (x0) and 0.033 vs 0.365 (eps)
     assert x0_edm < 0.5 * x0_mm and eps_edm < 0.3 * eps_mm, (x0_edm, x0_mm, eps_edm, eps_mm)
-    assert res.info["loss_last_epoch"] < 0.9 * res.info["loss_first_epoch"], res.info  # measured 41.6 -> 34.1
+    # one epoch's loss depends on its random trajectories: last/first measured 0.82, 0.95, 0.91, 0.86 (seeds 0-3)
+    assert res.info["loss_last_epoch"] < res.info["loss_first_epoch"], res.info
     # the fine-tuning itself helps: the same PTQ init rebuilt from the reported structure is worse in eps
     init = quantize_model(copy.deepcopy(den.net), 4, 4, **res.info["structure"]["quantize_model"])
     init_den = QuantDenoiser(init, den, step_times=traj.t)
     talsq_calibrate(init_den, traj, per_step=8)
     x0_init, eps_init = err(init_den)
-    assert eps_edm < eps_init, (eps_edm, eps_init)  # measured 0.033 vs 0.036
+    assert eps_edm < 0.95 * eps_init, (eps_edm, eps_init)  # measured 0.0333 vs 0.0362 (ratio 0.92, seeds 0-3)
 
 
 def test_efficientdm_result_follows_the_final_network_contract(digits, w4a4):
