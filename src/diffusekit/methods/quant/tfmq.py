@@ -10,7 +10,7 @@ network by tracing: it runs the net twice on the same (t, y) with two different 
 modules with parameters whose output is bit-identical in both runs (they cannot depend on x), reporting
 the outermost ones. A foreign net can name them instead (``temporal_modules=``).
 
-* TIAR (temporal-information-aware reconstruction, paper Sec. 4.2): the TIB is reconstructed on its own,
+* TIAR (temporal-information-aware reconstruction): the TIB is reconstructed on its own,
   with AdaRound on the weights of its layers only and the loss on all its outputs over the finite set of
   sampling times (and every class row),
 
@@ -18,7 +18,7 @@ the outermost ones. A foreign net can name them instead (``temporal_modules=``).
 
   so no temporal-feature error leaks into the reconstruction targets of the other blocks, which are then
   reconstructed by the usual BRECQ pass (``reconstruction.reconstruct_blocks``) with the TIB excluded.
-* FSC (finite-set calibration, Sec. 4.3): t takes only the S values of the sampling grid, so every
+* FSC (finite-set calibration): t takes only the S values of the sampling grid, so every
   activation quantizer holds one (Delta, z) per sampling step (``quantize_model(act_steps=S)``), each
   calibrated on that step's trajectory samples only; ``QuantDenoiser(step_times=...)`` selects the set of
   the step nearest each call's t. (The released code calibrates every activation quantizer this way, not
@@ -30,6 +30,11 @@ the outermost ones. A foreign net can name them instead (``temporal_modules=``).
   quantized at the activation bit width with one range per step, Q_a(emb^fp_{t,i}). The disturbance-aware
   choice ("auto") keeps the variant whose temporal features are closer to full precision,
   argmin_v sum_{t,i} ||emb^v_{t,i} - emb^fp_{t,i}||^2 / ||emb^fp_{t,i}||^2.
+
+Saving a cached net: the tables travel in its ``state_dict`` (``<module>.temporal_cache`` (S, K, *out) per
+temporal module and ``temporal_cache_t`` (S,), the cached network times), so a loader replays the structure
+(split, ``quantize_model``), calls ``restore_temporal_cache(net, state_dict, num_classes)`` and then
+``net.load_state_dict(state_dict)``; ``info["structure"]["temporal_cache"]`` is True for such a net.
 """
 
 from __future__ import annotations
