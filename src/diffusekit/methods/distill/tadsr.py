@@ -265,7 +265,7 @@ def tadsr_distill(rs: ResShift, teacher_net: nn.Module, x0: torch.Tensor, y: tor
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            hist["loss_d"].append(float(d_loss))
+            hist["loss_d"].append(float(d_loss.detach()))
         if not math.isfinite(float(loss.detach())):
             raise RuntimeError("TAD-SR distillation diverged (non-finite loss); lower lr or the loss weights")
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
