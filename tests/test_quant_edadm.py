@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffusekit.methods.quant import quant_layers
 from diffusekit.methods.quant.calibration import Trajectories
+from diffusekit.methods.quant.checkpoint import rebuild_quantized_net
 from diffusekit.methods.quant.edadm import (quantize_edadm, tdac_allocation, tdac_calibration, tdac_scores,
                                             trajectory_features)
-from diffusekit.methods.quant.pipeline import calibration_trajectories, quantize_minmax
+from diffusekit.methods.quant.pipeline import QuantDenoiser, calibration_trajectories, quantize_minmax
 
 
 def _features(outlier_scale: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -95,3 +97,9 @@ def test_edadm_w4a8_beats_naive_minmax(digits):
     assert sum(res.info["tdac"]["allocation"]) == 128
     ours = x0_error(res.denoiser)
     assert ours < 0.7 * naive, (ours, naive)
+    # final-network contract: every weight on its grid; the structure rebuilds the net for a checkpoint
+    assert all(torch.equal(m.w_quant(m.layer.weight), m.layer.weight) for m in quant_layers(res.net).values())
+    net = rebuild_quantized_net(res.net.config, 4, 8, res.info["structure"], res.net.state_dict())
+    x, t = ev.x[5].double(), ev.t[5]
+    with torch.no_grad():
+        assert torch.equal(QuantDenoiser(net, den)(x, t, **ev.cond), res.denoiser(x, t, **ev.cond))

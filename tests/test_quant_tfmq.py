@@ -14,6 +14,7 @@ from torch import nn
 from diffusekit.core.grids import make_grid
 from diffusekit.methods.quant import calibrate_denoiser, quant_layers, quantize_model
 from diffusekit.methods.quant.calibration import uniform_calibration
+from diffusekit.methods.quant.checkpoint import rebuild_quantized_net
 from diffusekit.methods.quant.pipeline import QuantDenoiser, calibration_trajectories, quantize_minmax
 from diffusekit.methods.quant.tfmq import (_choose_cache, disable_temporal_cache, enable_temporal_cache,
                                            find_temporal_modules, finite_set_calibration, quantize_tfmq,
@@ -147,8 +148,16 @@ def test_tfmq_w4a8_beats_naive_minmax(digits):
     with torch.no_grad():
         ref = [den(ev.x[k].double(), ev.t[k], **ev.cond) for k in range(ev.num_steps)]
     naive = _x0_error(quantize_minmax(den, 4, 8, traj=traj).denoiser, ev, ref)
-    res = quantize_tfmq(den, 4, 8, traj=traj, quick=True, tiar_iters=20, recon_iters=20, fsc_per_step=32)
+    res = quantize_tfmq(den, 4, 8, traj=traj, quick=True, tiar_iters=20, recon_iters=20, fsc_per_step=32,
+                        temporal_cache="auto")
     assert res.denoiser.step_times is not None and res.info["structure"]["quantize_model"]["act_steps"] == 20
+    assert res.info["structure"]["temporal_cache"] and res.info["temporal_cache"]["variant"] in ("tib", "fp")
     ours = _x0_error(res.denoiser, ev, ref)
     assert ours < 0.85 * naive, (ours, naive)
     assert all(m.a_quant.mode == "quant" for m in quant_layers(res.net).values())
+    # final-network contract: every weight on its grid; the structure (with the cache) rebuilds the net
+    assert all(torch.equal(m.w_quant(m.layer.weight), m.layer.weight) for m in quant_layers(res.net).values())
+    net = rebuild_quantized_net(res.net.config, 4, 8, res.info["structure"], res.net.state_dict())
+    x, t = ev.x[5].double(), ev.t[5]
+    with torch.no_grad():
+        assert torch.equal(QuantDenoiser(net, den, step_times=traj.t)(x, t, **ev.cond), res.denoiser(x, t, **ev.cond))
