@@ -24,6 +24,20 @@ with AdaRound on the weights (no rounding regulariser in the reference) and the 
 jointly; the shared ``reconstruction.reconstruct_blocks`` implements it through ``layer_loss_weight``.
 Quantizers (per the reference): weights per channel, activations per tensor with one set for all steps,
 Q-Diffusion's split shortcut, first and last layers at 8 bits, output not quantized.
+
+Measured on the shipped digits UNet (as in ``tfmq``: 256 calibration trajectories of DDIM-20, relative x0
+error over the 20 steps of 64 fresh trajectories, eps MSE, 1 thread on a shared CPU, one seed):
+
+    W4A8  naive min/max 0.675 (eps MSE 2.9e-3) | EDA-DM quick (40 iterations per block) 0.244 (6.8e-4), 31 s |
+          150 iterations 0.241 (6.4e-4), 38 s | quick ablations: uniform-step calibration instead of TDAC 0.253,
+          eta = 0 (pure block loss) 0.242
+    W4A4  naive min/max 12.4 (0.47) | EDA-DM quick 3.04 (0.062), 23 s
+    TDAC  on the middle attention's input (r = 3.0 suits these features: mean squared distances between steps
+          0.01-9.4) the 256 samples go 11-16 per step, near uniform (12.8): the least noisy steps are the most
+          diverse, the middle steps the densest.
+
+So at this scale TDAC and the per-layer term are within seed noise of their ablations; the gain over min/max
+comes from the 8-bit end layers and the reconstruction.
 """
 
 from __future__ import annotations
