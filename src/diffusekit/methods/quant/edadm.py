@@ -126,9 +126,10 @@ def tdac_scores(features: torch.Tensor, *, r: float = 3.0, lam: float = 1.2) -> 
     off = ~torch.eye(s, dtype=torch.bool)
     density = ((distance <= r) & off).sum(1).to(torch.float64)
     unit = torch.nn.functional.normalize(f, dim=2)  # unit vectors over channels, (S, N, C, ...)
-    # cos_C(F_t, F_s) per trajectory and position, averaged over positions, summed over trajectories
-    cos = torch.einsum("tnc...,snc...->tsn...", unit, unit)
-    dissimilarity = (1 - cos.reshape(s, s, f.shape[1], -1).mean(-1)).sum(-1)  # (S, S)
+    # cos_C(F_t, F_s) per trajectory and position, averaged over positions, summed over trajectories;
+    # one t at a time so memory stays at the size of F
+    dissimilarity = torch.stack([
+        (1 - (unit[t:t + 1] * unit).sum(2).reshape(s, f.shape[1], -1).mean(-1)).sum(-1) for t in range(s)])
     diversity = (dissimilarity * off).sum(1)
     weight = _minmax_normalise(density) + lam * _minmax_normalise(diversity)
     return {"density": density, "diversity": diversity, "weight": weight, "distance": distance}
