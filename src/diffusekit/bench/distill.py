@@ -240,8 +240,10 @@ def _ddim_student(den, ts):
 
 
 def _native(sampler: str, ts) -> dict:
-    ts = [float(t) for t in ts]
-    return {"sampler": sampler, "steps": len(ts) - 1 if sampler != "consistency" else len(ts), "ts": ts}
+    """The distillation contract's native sampling; a consistency grid is closed by t = 0 (the registered
+    ``consistency`` sampler evaluates at every point but the last)."""
+    ts = [float(t) for t in ts] + ([0.0] if sampler == "consistency" else [])
+    return {"sampler": sampler, "steps": len(ts) - 1, "ts": ts}
 
 
 def _optional_methods() -> dict:

@@ -49,16 +49,17 @@ class CheckpointedDenoiser(Denoiser):
 
 def _resolve_sampler(sampler, *, seed: int = 0) -> Callable:
     """A deterministic ``fn(denoiser, x, ts, cond=...)``: a callable as is, or a registered sampler by name.
-    ``"consistency"`` (multistep consistency sampling, Song et al. 2023, Alg. 1) re-injects noise between
-    steps; here that noise comes from a generator re-seeded with ``seed`` on every call, so the map x_T -> x_0
-    is deterministic and differentiable in x_T."""
+    ``"consistency"`` (multistep consistency sampling of a distilled student, Song et al. 2023, Alg. 1, on a grid
+    [t_0, ..., t_{n-1}, t_n = 0] with n network calls: ``methods.distill.samplers.sample_consistency``)
+    re-injects noise between steps; here that noise comes from a generator re-seeded with ``seed`` on every
+    call, so the map x_T -> x_0 is deterministic and differentiable in x_T."""
     if callable(sampler):
         return sampler
     if sampler == "consistency":
-        from .distill.consistency import consistency_sample
+        from .distill.samplers import sample_consistency
 
         def sample_consistency_fixed_noise(denoiser, x, ts, cond=None):
-            return consistency_sample(denoiser, x, ts, generator=torch.Generator(x.device).manual_seed(seed),
+            return sample_consistency(denoiser, x, ts, generator=torch.Generator(x.device).manual_seed(seed),
                                       cond=cond)
 
         return sample_consistency_fixed_noise
@@ -129,7 +130,7 @@ def optimize_noise(denoiser: Denoiser, loss_fn: ControlLoss, x_T: torch.Tensor, 
         ts = make_grid(grid, denoiser.schedule, steps)
     else:
         ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
-        steps = len(ts) - 1 if sampler != "consistency" else len(ts)
+        steps = len(ts) - 1
     cond = cond or {}
     d = x_T[0].numel()
     x = x_T.detach().clone().requires_grad_(True)
