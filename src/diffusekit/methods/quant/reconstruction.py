@@ -440,8 +440,9 @@ def reconstruct_blocks(q_net: nn.Module, fp_net: nn.Module, run_batches: Callabl
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if not adaround and not learn_act:
         raise ValueError("nothing to learn: enable adaround and/or learn_act")
-    if layer_loss_weight < 0 or not 0.0 <= qdrop_prob <= 1.0 or not 0.0 <= warmup < 1.0 or p <= 0:
-        raise ValueError("need layer_loss_weight >= 0, 0 <= qdrop_prob <= 1, 0 <= warmup < 1 and p > 0")
+    if layer_loss_weight < 0 or reg_weight < 0 or not 0.0 <= qdrop_prob <= 1.0 or not 0.0 <= warmup < 1.0 or p <= 0:
+        raise ValueError("need layer_loss_weight >= 0, reg_weight >= 0, 0 <= qdrop_prob <= 1, 0 <= warmup < 1 "
+                         "and p > 0")
     if not quant_layers(q_net):
         raise ValueError(f"{type(q_net).__name__} has no quantized layer: run quantize_model first")
     if learn_act and not any(q.mode == "quant" for q in _act_quantizers(q_net)):
@@ -564,7 +565,7 @@ def _reconstruct_one(q_net, fp_net, name, run_batches, *, iters, adaround, learn
                 use = executed[:-1] if layer_loss_exclude_last else executed
                 if use:
                     loss = loss + layer_loss_weight * sum(_lp(got[ln], fp_outs[ln].detach(), p) for ln in use)
-            if ada and it >= warmup * iters:
+            if ada and reg_weight > 0 and it >= warmup * iters:
                 b = adaround_beta(it, iters, beta=beta, warmup=warmup)
                 loss = loss + reg_weight * sum(a.regularizer(b) for a in ada.values())
             for opt in (opt_v, opt_a):
