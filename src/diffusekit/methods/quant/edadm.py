@@ -31,7 +31,7 @@ error over the 20 steps of 64 fresh trajectories, eps MSE, 1 thread on a shared 
     W4A8  naive min/max 0.675 (eps MSE 2.9e-3) | EDA-DM quick (40 iterations per block) 0.244 (6.8e-4), 31 s |
           150 iterations 0.241 (6.4e-4), 38 s | quick ablations: uniform-step calibration instead of TDAC 0.253,
           eta = 0 (pure block loss) 0.242
-    W4A4  naive min/max 12.4 (0.47) | EDA-DM quick 3.04 (0.062), 23 s
+    W4A4  naive min/max 12.4 (0.47) | EDA-DM quick 3.04 (0.062), 23 s | 150 iterations 2.87 (0.056), 25 s
     TDAC  on the middle attention's input (r = 3.0 suits these features: mean squared distances between steps
           0.01-9.4) the 256 samples go 11-16 per step, near uniform (12.8): the least noisy steps are the most
           diverse, the middle steps the densest.
