@@ -32,7 +32,9 @@ sampling {"sampler", "steps", "ts"}):
   ``boot_distill`` (data-free, 16-step log-SNR grid), a one-step generator, so NFE 1 only. Both are imported
   when present (written in parallel); where a module is missing or its call fails, ``skipped`` says why.
 
-On digits, reflow and Rectified Diffusion are not run: their losses (``methods.distill.rectified``) take no class
+On digits the zoo's shipped student ``digits_student_2step`` (built by the ``diffusekit distill`` session) is
+measured at its native sampling too (``train_seconds`` / ``train_steps`` from its manifest). On digits, reflow and
+Rectified Diffusion are not run: their losses (``methods.distill.rectified``) take no class
 input, so their students would not be class-conditional (``skipped`` records it).
 
 ``teacher``: the teacher's DDIM at 50 steps. ``best_training_free[nfe]``: the best of our deterministic samplers
@@ -67,6 +69,7 @@ NFES = (1, 2, 4)
 METHODS = ("progressive", "prodiff", "consistency", "reflow", "rectified", "slam", "boot")
 FREE_SAMPLERS = ("ddim", "heun", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc_bh1_2", "unipc_bh2_3")
 TEACHER_STEPS = 50
+ZOO_STUDENT = "digits_student_2step"
 
 
 def _config(quick: bool) -> dict:
@@ -287,6 +290,27 @@ def _run_optional(method: str, mod, dom: _Domain, cfg: dict, record) -> None:
            cfg["cd_steps"])
 
 
+def _zoo_student(dom: _Domain, record, skipped: dict) -> None:
+    """The zoo's shipped digits student (``ZOO_STUDENT``), measured at its native sampling like the others."""
+    from .. import zoo
+    from ..methods.ditto import _resolve_sampler
+
+    try:
+        student, meta = zoo.load(ZOO_STUDENT), zoo.manifest(ZOO_STUDENT)
+    except Exception as e:  # not shipped (yet)
+        skipped[f"zoo:{ZOO_STUDENT}"] = f"not run: {type(e).__name__}: {e}"
+        return
+    native = (meta.get("student") or {}).get("native") or {}
+    if "sampler" not in native:
+        skipped[f"zoo:{ZOO_STUDENT}"] = "not run: its manifest has no native sampling"
+        return
+    fn = _resolve_sampler(native["sampler"], seed=5)  # consistency sampling: fixed re-injected noise
+    ts = torch.tensor(native["ts"], dtype=torch.float64)
+    record(f"zoo:{ZOO_STUDENT} ({meta['student'].get('method')})", int(native["steps"]),
+           lambda x_T, cond: fn(student, x_T, ts, cond=cond), native, meta.get("training_seconds"),
+           (meta.get("training") or {}).get("steps"))
+
+
 def _distill_domain(dom: _Domain, cfg: dict, log) -> tuple[dict, dict]:
     """students[method][nfe] and skipped[method] for one domain."""
     teacher = dom.teacher
@@ -363,6 +387,8 @@ def _distill_domain(dom: _Domain, cfg: dict, log) -> tuple[dict, dict]:
             skipped[m] = ("not run on digits: the losses of methods.distill.rectified take no class labels, so the "
                           "student would not be class-conditional")
             bar.update()
+    if dom.name == "digits":
+        _zoo_student(dom, record, skipped)
     for method, got in _optional_methods().items():
         if isinstance(got, str):
             skipped[method] = got
