@@ -32,10 +32,11 @@ student-mse@1           20.29 / 34.3 / 0.92  20.39 / 32.8 / 0.90  30.51 / 45.9 /
 tadsr@1                 20.43 / 33.1 / 0.92  20.43 / 32.3 / 0.92  29.99 / 42.2 / 0.58  31.20 / 43.9 / 0.35
 ======================= ==================== ==================== ==================== ====================
 
-One student step reproduces the T-step teacher 5-9 dB better than the teacher's own single step and recovers
-the teacher's fine detail (hf_ratio), at the teacher's PSNR to the ground truth (within 0.3 dB of teacher@T-ddim).
-HSD + the time-aware discriminator add fine detail only on patches at T = 4 (0.49 -> 0.58, above the teacher's
-0.51, for -0.5 dB); elsewhere they match the distillation term alone at this budget (150 updates).
+One student step reproduces the T-step teacher 4.6-9 dB better than the teacher's own single step and recovers
+most of the teacher's fine detail (hf_ratio), at the teacher's PSNR to the ground truth (within 0.2 dB of
+teacher@T-ddim, except tadsr on patches at T = 4: -0.4 dB). HSD + the time-aware discriminator add fine detail
+only on patches at T = 4 (0.49 -> 0.58, above the teacher's 0.51); elsewhere they match the distillation term
+alone at this budget (150 updates).
 """
 
 from __future__ import annotations
