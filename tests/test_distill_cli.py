@@ -96,7 +96,6 @@ def test_interrupted_round_resumes_to_the_same_student(progressive_run, tmp_path
     (["--teacher", "zoo:nope", "--method", "progressive"], "unknown zoo model 'nope'"),
     (["--teacher", "zoo:toy_ring8", "--method", "progressive", "--teacher-steps", "6"], "must be 2 * 2^r"),
     (["--teacher", "zoo:toy_ring8", "--method", "prodiff", "--steps", "2", "--teacher-steps", "8"], "2K-step"),
-    (["--teacher", "zoo:digits_unet", "--method", "rectified"], "must be unconditional"),
     (["--teacher", "zoo:toy_ring8", "--method", "consistency", "--steps", "0"], "--steps must be an integer >= 1"),
     (["--teacher", "zoo:toy_ring8", "--method", "reflow", "--data", "digits"], "do not fit the teacher"),
     (["--method", "progressive"], "--teacher and --method are needed"),

@@ -86,6 +86,38 @@ def test_reflow_loss_vanishes_for_the_pair_velocity():
         RectifiedDiffusionLoss(VPLinear(), "v", loss="l1")
 
 
+class _LabelAsX0(torch.nn.Module):
+    """A class-conditional x0 predictor that outputs its label everywhere (0 without one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # a network has parameters (their dtype is read)
+
+    def forward(self, x, t, class_labels=None):
+        if class_labels is None:
+            return torch.zeros_like(x)
+        return class_labels.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))).expand_as(x)
+
+
+def test_class_conditional_pairs_carry_their_labels_into_the_pair_losses():
+    from diffusekit.core import NetworkDenoiser
+
+    sched = VPLinear()
+    teacher = NetworkDenoiser(_LabelAsX0(), sched, "x0", scale_input=False)
+    labels = torch.arange(40) % 4
+    ts = make_grid("uniform", sched, 8, t_end=0.0)
+    x_T, x_0, got_labels = teacher_pairs(teacher, 40, ts, generator=torch.Generator().manual_seed(0), dim=2,
+                                         batch=16, class_labels=labels)
+    assert torch.equal(got_labels, labels)
+    torch.testing.assert_close(x_0, labels[:, None].float().expand(40, 2), rtol=0, atol=1e-6)  # sampled per label
+    fn = RectifiedDiffusionLoss(sched, "x0", scale_input=False)
+    with_labels = fn(_LabelAsX0(), (x_T.double(), x_0.double(), labels), torch.Generator().manual_seed(1))
+    without = fn(_LabelAsX0(), (x_T.double(), x_0.double()), torch.Generator().manual_seed(1))
+    assert float(with_labels.abs().max()) < 1e-10 < 0.5 < float(without.mean())
+    with pytest.raises(ValueError, match="one label per pair"):
+        teacher_pairs(teacher, 40, ts, dim=2, class_labels=labels[:10])
+
+
 def test_straightness_of_a_straight_line_and_of_a_detour():
     ts = torch.linspace(1, 0, 11, dtype=torch.float64)
     x_T, x_0 = torch.randn(5, 3), torch.randn(5, 3)

@@ -375,8 +375,10 @@ def _pairs(teacher, s: dict, shape: tuple):
     from .methods.distill.rectified import teacher_pairs
 
     print(f"pairs: {s['pairs']} teacher samples, DDIM {s['teacher_steps']} steps", file=sys.stderr)
+    # a class-conditional teacher samples pair i under label i mod C (balanced classes; the student learns them)
+    labels = None if teacher.num_classes is None else torch.arange(s["pairs"]) % teacher.num_classes
     return teacher_pairs(teacher, s["pairs"], _default_grid(teacher.schedule, s["teacher_steps"]),
-                         generator=torch.Generator().manual_seed(s["seed"]), shape=shape)
+                         generator=torch.Generator().manual_seed(s["seed"]), shape=shape, class_labels=labels)
 
 
 def distill_rectified(run: _Run, teacher, shape: tuple):
@@ -441,10 +443,6 @@ def run_distill(args) -> int:
         raise UserError(f"--teacher {s['teacher']}: a {type(teacher).__name__} cannot teach; the teacher must be a "
                         "diffusion network (a trained checkpoint, a zoo model or a network student)")
     conditional = teacher.num_classes is not None
-    if s["method"] in ("reflow", "rectified") and conditional:
-        raise UserError(f"--method {s['method']}: the pair losses take no class input, so the teacher must be "
-                        f"unconditional; {s['teacher']} is class-conditional (use progressive, prodiff or "
-                        "consistency)")
     with user_input("--data: "):
         data_cfg = dict(s["data"]) if isinstance(s["data"], dict) else _teacher_data(s["teacher"], teacher, s["data"])
         dataset = load_dataset(data_cfg["name"], "train", n=data_cfg.get("n"), **(data_cfg.get("options") or {}))

@@ -23,9 +23,9 @@ sampling {"sampler", "steps", "ts"}):
 * ``consistency`` (Song et al. 2023, arXiv 2303.01469): one CD model (Heun teacher, Karras grid of
   ``cd_points``), sampled by multistep consistency sampling (Alg. 1) at k points of its training grid (indices
   round(i (N - 1) / k), i < k), noise from a fixed seed.
-* ``reflow`` (Liu et al. 2022, arXiv 2209.03003; ring only): a fresh velocity MLP on the flow schedule trained on
+* ``reflow`` (Liu et al. 2022, arXiv 2209.03003): a fresh velocity network (MLP / UNet) on the flow schedule trained on
   teacher pairs, Euler (= DDIM on the flow schedule) on a uniform grid.
-* ``rectified`` (Rectified Diffusion, Wang et al. 2024, arXiv 2410.07303; ring only): the teacher retrained on
+* ``rectified`` (Rectified Diffusion, Wang et al. 2024, arXiv 2410.07303): the teacher retrained on
   its own (noise, sample) pairs, sampled with DDIM on the teacher's grid family.
 * ``slam`` (Xu et al. 2024, arXiv 2404.13903): ``slam_distill`` on the same budget and grid as CD, sampled by
   multistep consistency sampling on ``slam_native_ts``. ``boot`` (Gu et al. 2023, arXiv 2306.05544):
@@ -33,9 +33,9 @@ sampling {"sampler", "steps", "ts"}):
   when present (written in parallel); where a module is missing or its call fails, ``skipped`` says why.
 
 On digits the zoo's shipped student ``digits_student_2step`` (built by the ``diffusekit distill`` session) is
-measured at its native sampling too (``train_seconds`` / ``train_steps`` from its manifest). On digits, reflow and
-Rectified Diffusion are not run: their losses (``methods.distill.rectified``) take no class
-input, so their students would not be class-conditional (``skipped`` records it).
+measured at its native sampling too (``train_seconds`` / ``train_steps`` from its manifest). On digits the teacher
+pairs of reflow and Rectified Diffusion are drawn class-balanced (pair i under label i mod 10) and both students
+are class-conditional; reflow starts from fresh weights there (the teacher is a VP eps model, not a flow).
 
 ``teacher``: the teacher's DDIM at 50 steps. ``best_training_free[nfe]``: the best of our deterministic samplers
 (``FREE_SAMPLERS``) on every fixed grid (``samplers.defaults.fixed_grids``) and the default grid
@@ -83,8 +83,8 @@ def _config(quick: bool) -> dict:
             "ring": {"steps": 300, "cd_steps": 600, "reflow_steps": 1000, "pairs": 4096, "batch": 128,
                      "n_eval": 2000, "n_tune": 1000, "ref_steps": 200,
                      "progressive_start": 16},
-            "digits": {"steps": 250, "cd_steps": 500, "batch": 64, "n_per_class": 100, "n_tune_per_class": 50,
-                       "progressive_start": 16},
+            "digits": {"steps": 250, "cd_steps": 500, "reflow_steps": 1000, "pairs": 2048, "batch": 64,
+                       "n_per_class": 100, "n_tune_per_class": 50, "progressive_start": 16},
             "search_grids": True}
 
 
@@ -361,32 +361,28 @@ def _distill_domain(dom: _Domain, cfg: dict, log) -> tuple[dict, dict]:
 
         record("consistency", nfe, fn, _native("consistency", ts_k), seconds, cfg["cd_steps"])
     bar.update()
-    # reflow and Rectified Diffusion on teacher pairs (ring only: their losses take no class labels)
-    if dom.name == "ring":
-        t0 = time.perf_counter()
-        pairs = teacher_pairs(teacher, cfg["pairs"], dom.grid(64), generator=torch.Generator().manual_seed(0),
-                              shape=dom.shape)
-        pair_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rf = reflow(teacher, pairs, _train_config(cfg["reflow_steps"], batch, 1e-3))
-        seconds = time.perf_counter() - t0 + pair_seconds
-        for nfe in NFES:
-            ts_k = torch.linspace(1, 0, nfe + 1, dtype=torch.float64)
-            record("reflow", nfe, _ddim_student(rf.student, ts_k), _native("ddim", ts_k), seconds,
-                   cfg["reflow_steps"])
-        bar.update()
-        t0 = time.perf_counter()
-        rd = rectified_diffusion(teacher, pairs, _train_config(steps, batch, dom.lr))
-        seconds = time.perf_counter() - t0 + pair_seconds
-        for nfe in NFES:
-            record("rectified", nfe, _ddim_student(rd.student, dom.grid(nfe)), _native("ddim", dom.grid(nfe)),
-                   seconds, steps)
-        bar.update()
-    else:
-        for m in ("reflow", "rectified"):
-            skipped[m] = ("not run on digits: the losses of methods.distill.rectified take no class labels, so the "
-                          "student would not be class-conditional")
-            bar.update()
+    # reflow and Rectified Diffusion on teacher pairs; on digits pair i is sampled under label i mod 10 and the
+    # pair losses train the student class-conditionally on (x_T, x_0, label)
+    t0 = time.perf_counter()
+    labels = torch.arange(cfg["pairs"]) % 10 if dom.name == "digits" else None
+    pairs = teacher_pairs(teacher, cfg["pairs"], dom.grid(64), generator=torch.Generator().manual_seed(0),
+                          shape=dom.shape, class_labels=labels)
+    pair_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rf = reflow(teacher, pairs, _train_config(cfg["reflow_steps"], batch, 1e-3))
+    seconds = time.perf_counter() - t0 + pair_seconds
+    for nfe in NFES:
+        ts_k = torch.linspace(1, 0, nfe + 1, dtype=torch.float64)
+        record("reflow", nfe, _ddim_student(rf.student, ts_k), _native("ddim", ts_k), seconds,
+               cfg["reflow_steps"])
+    bar.update()
+    t0 = time.perf_counter()
+    rd = rectified_diffusion(teacher, pairs, _train_config(steps, batch, dom.lr))
+    seconds = time.perf_counter() - t0 + pair_seconds
+    for nfe in NFES:
+        record("rectified", nfe, _ddim_student(rd.student, dom.grid(nfe)), _native("ddim", dom.grid(nfe)),
+               seconds, steps)
+    bar.update()
     if dom.name == "digits":
         _zoo_student(dom, record, skipped)
     for method, got in _optional_methods().items():

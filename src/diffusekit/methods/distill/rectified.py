@@ -49,14 +49,21 @@ RD_LOSSES = ("mse", "pseudo_huber")
 
 @torch.no_grad()
 def teacher_pairs(teacher: Denoiser, n: int, ts, *, generator: torch.Generator | None = None,
-                  dim: int | None = None, shape=None, batch: int = 4096, dtype=torch.float32, cond=None):
+                  dim: int | None = None, shape=None, batch: int = 4096, dtype=torch.float32,
+                  class_labels: torch.Tensor | None = None):
     """(x_T, x_0): n prior draws x_T at ts[0] and the teacher's deterministic DDIM samples x_0 = DDIM(x_T; ts).
-    ``shape``: per-example shape (or ``dim`` for vectors). Returns two (n, ...) tensors of ``dtype``."""
+    ``shape``: per-example shape (or ``dim`` for vectors). With ``class_labels`` (n,) the teacher samples x_0_i
+    under label i and the pairs come back as (x_T, x_0, labels), the batch layout the pair losses read as
+    class-conditional. Returns (n, ...) tensors of ``dtype``."""
     shape = tuple(shape) if shape is not None else (int(dim),)
     ts = check_grid(ts, teacher.schedule)
+    if class_labels is not None and tuple(class_labels.shape) != (n,):
+        raise ValueError(f"class_labels must hold one label per pair, shape ({n},); got {tuple(class_labels.shape)}")
     x_T = prior_sample(teacher.schedule, (n, *shape), generator, dtype=dtype, t=float(ts[0]))
-    x_0 = torch.cat([sample_ddim(teacher, x_T[i:i + batch], ts, cond=cond) for i in range(0, n, batch)])
-    return x_T, x_0.to(dtype)
+    x_0 = torch.cat([sample_ddim(teacher, x_T[i:i + batch], ts,
+                                 cond=None if class_labels is None else {"class_labels": class_labels[i:i + batch]})
+                     for i in range(0, n, batch)]).to(dtype)
+    return (x_T, x_0) if class_labels is None else (x_T, x_0, class_labels)
 
 
 @torch.no_grad()
@@ -93,6 +100,12 @@ def excess_length(traj: torch.Tensor) -> torch.Tensor:
     return arc / (x[-1] - x[0]).norm(dim=-1) - 1
 
 
+def _pair_cond(batch) -> dict:
+    """Conditioning of a pair batch: (x_T, x_0) unconditional, (x_T, x_0, labels) with the class labels the
+    teacher generated x_0 under."""
+    return {"class_labels": batch[2]} if len(batch) > 2 else {}
+
+
 def _paired_point(schedule, batch, generator):
     """(x_T, x_0, t, x_t) for a batch of teacher pairs: t ~ U(t_min, t_max), x_t = alpha_t x_0 + sigma_t x_T."""
     x_T, x_0 = batch[0], batch[1]
@@ -102,9 +115,11 @@ def _paired_point(schedule, batch, generator):
 
 
 class ReflowLoss:
-    """Rectified-flow loss on pairs, a ``Trainer`` loss: batch = (x_T, x_0). t ~ U(t_min, t_max) of the
-    ``FlowSchedule``; x_t = (1 - t) x_0 + t x_T; per example mean_j (u_theta(x_t, t) - (x_T - x_0))_j^2 with the
-    network read as a velocity model. Pass independent (noise, data) pairs for 1-RF, teacher pairs for reflow."""
+    """Rectified-flow loss on pairs, a ``Trainer`` loss: batch = (x_T, x_0) or (x_T, x_0, class labels).
+
+    t ~ U(t_min, t_max) of the ``FlowSchedule``; x_t = (1 - t) x_0 + t x_T; per example
+    mean_j (u_theta(x_t, t) - (x_T - x_0))_j^2 with the network read as a velocity model. Pass independent
+    (noise, data) pairs for 1-RF, teacher pairs for reflow."""
 
     def __init__(self, schedule: FlowSchedule | None = None):
         self.schedule = schedule or FlowSchedule()
@@ -116,12 +131,13 @@ class ReflowLoss:
 
     def __call__(self, net, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         x_T, x_0, t, x_t = _paired_point(self.schedule, batch, generator)
-        pred = self.student(net).raw(x_t, t)
+        pred = self.student(net).raw(x_t, t, **_pair_cond(batch))
         return ((pred - (x_T - x_0)) ** 2).flatten(1).mean(1)
 
 
 class RectifiedDiffusionLoss:
-    """Rectified Diffusion loss (Wang et al. 2024), a ``Trainer`` loss: batch = (x_T, x_0) teacher pairs.
+    """Rectified Diffusion loss (Wang et al. 2024), a ``Trainer`` loss: batch = (x_T, x_0) teacher pairs, or
+    (x_T, x_0, class labels) for a class-conditional teacher (``teacher_pairs(class_labels=...)``).
 
     t ~ U(t_min, t_max) of the teacher's schedule; x_t = alpha_t x_0 + sigma_t x_T (the paired noise, not a
     fresh eps); the network read with the teacher's prediction type. ``"mse"``: mean_j (pred - target)_j^2 with
@@ -141,12 +157,12 @@ class RectifiedDiffusionLoss:
 
     def __call__(self, net, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         x_T, x_0, t, x_t = _paired_point(self.schedule, batch, generator)
-        den = self.student(net)
+        den, cond = self.student(net), _pair_cond(batch)
         if self.loss == "pseudo_huber":
-            err2 = (den.denoise(x_t, t) - x_0) ** 2
+            err2 = (den.denoise(x_t, t, **cond) - x_0) ** 2
             return (torch.sqrt(err2 + self.huber_c**2) - self.huber_c).flatten(1).mean(1)
         target = prediction_from_x0_eps(x_0, x_T, t, self.schedule, self.prediction, sigma_data=self.sigma_data)
-        return ((den.raw(x_t, t) - target) ** 2).flatten(1).mean(1)
+        return ((den.raw(x_t, t, **cond) - target) ** 2).flatten(1).mean(1)
 
 
 class ReflowKStepLoss(ReflowLoss):
@@ -168,7 +184,7 @@ class ReflowKStepLoss(ReflowLoss):
         j = torch.randint(0, self.k, (x_0.shape[0],), generator=generator)
         t = self.ts[j].to(x_0.device)
         x_t = self.schedule.add_noise(x_0, t, x_T)
-        pred = self.student(net).raw(x_t, t)
+        pred = self.student(net).raw(x_t, t, **_pair_cond(batch))
         return ((pred - (x_T - x_0)) ** 2).flatten(1).mean(1)
 
 
