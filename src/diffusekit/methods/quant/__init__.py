@@ -1,43 +1,53 @@
-"""Quantization of diffusion networks (issue 9), built on one shared fake-quant layer.
+"""Quantization of diffusion networks (issue 9), every method built on one shared fake-quant layer.
 
-What exists (this piece):
+Layers (bottom up):
+
 * ``quantizer``: ``UniformQuantizer``, uniform affine fake-quant with a straight-through estimator,
-  per-tensor or per-channel, optional per-sampling-step parameter sets indexed by an explicit step id,
-  range initialisation by min/max, percentile or MSE search, LSQ learnable step sizes.
-* ``modules``: ``QuantLinear`` / ``QuantConv2d`` wrappers, ``quantize_model`` (swaps the Linear and
-  Conv2d layers of any ``nn.Module``; first/last layers configurable), ``calibrate`` (activation ranges
-  from forward passes), ``set_quant_step``, ``quant_state`` / ``weight_bytes`` accounting.
-* ``calibration``: calibration sets from the full-precision model's own sampling trajectories
-  (``record_trajectories``): PTQ4DM's (Shang et al. 2023) times around 0.4 T, Q-Diffusion's (Li et al. 2023)
-  time-step-aware set (equal samples at evenly spaced steps), the naive forward-noised baseline and a
-  one-step ablation; ``calibrate_denoiser``; Q-Diffusion's split shortcut quantization (``SplitConv2d``,
-  ``split_concat_convs``) for the UNet's skip-concatenation convs. Measured on ``digits_unet`` at W4A8: the
-  trajectory-based sets are within seed noise of the naive one (x0 error 0.64-0.68 vs 0.65-0.70) and about
-  4x better than one step; splitting the shortcut halves the error of the concatenation convs.
+  per-tensor or per-channel, per-sampling-step parameter sets, range initialisation by min/max, percentile
+  or MSE search, LSQ learnable step sizes.
+* ``modules``: ``QuantLinear`` / ``QuantConv2d``, ``quantize_model`` (any ``nn.Module``; first/last layers
+  configurable), ``calibrate``, ``set_quant_step``, ``act_quantizers``, ``weight_bytes``.
+* ``attention``: ``QuantAttention`` / ``quantize_attention``, fake-quantized q, k, v and softmax
+  probabilities of every ``nets.ScaledDotProductAttention`` (our UNet's attention matmuls, or any net using
+  that module).
+* ``reconstruction``: AdaRound (Nagel et al. 2020) and BRECQ block reconstruction (Li et al. 2021) over any
+  quantized net, with optional learned activation steps, per-layer losses and QDrop.
+* ``calibration``: calibration sets from the full-precision model's own trajectories (PTQ4DM's times around
+  0.4 T, Q-Diffusion's time-step-aware set, naive forward-noised data) and Q-Diffusion's split shortcut.
+* Methods, each ``quantize_<method>(denoiser, wbits, abits, *, traj, seed, quick, progress) -> QuantResult``
+  (``pipeline``): ``quantize_minmax`` (naive baseline), ``ptq.quantize_ptq4dm`` (Shang et al. 2023),
+  ``ptq.quantize_qdiffusion`` (Li et al. 2023), ``tfmq.quantize_tfmq`` (TFMQ-DM, Huang et al. 2024, TIAR +
+  finite-set calibration, with the "Temporal Feature Matters" temporal feature cache),
+  ``edadm.quantize_edadm`` (EDA-DM, Liu et al. 2024, TDAC + FBR), ``efficientdm.quantize_efficientdm``
+  (EfficientDM, He et al. 2024, QALoRA + TALSQ + data-free distillation). ``pipeline.get_method(name)``
+  looks one up by its CLI name.
+* ``checkpoint``: quantized checkpoints (safetensors + JSON) that ``diffusekit sample`` / ``eval`` load;
+  ``int8``: export of a W8A8 model to real int8 CPU kernels (fbgemm Linear, oneDNN Conv2d), saved and loaded
+  as a plain tensor dict.
 
-* ``int8``: ``export_int8`` swaps a calibrated W8A8 fake-quant model's layers for real int8 CPU kernels
-  (fbgemm int8 Linear, oneDNN int8 Conv2d with float output and a weight-zero-point correction), reusing the
-  fake-quant scales, so each layer matches its fake-quant twin to float rounding. Measured (1 thread, DDIM end
-  to end): 0.87x fp32 speed on the 8x8 digits UNet, break-even near base_channels 40 on 32x32 inputs, 2.25x at
-  base_channels 256; weight bytes 0.25-0.34x fp32.
-
-Still to come (not in this piece): AdaRound and BRECQ block reconstruction, the attention matmul
-quantizers, TFMQ-DM (TIAR, finite-set calibration, cached temporal features), EDA-DM (TDAC, FBR), EfficientDM
-(QALoRA, TALSQ, data-free distillation), saving an int8 model, the ``diffusekit quantize`` CLI and
-``diffusekit bench quant``.
+Measured figures: ``docs/methods.md`` and ``docs/benchmarks.md`` (``diffusekit bench quant``).
 """
 
+from .attention import QuantAttention, attention_layers, quantize_attention
 from .calibration import (CalibrationSet, SplitConv2d, Trajectories, calibrate_denoiser, naive_calibration,
                           ptq4dm_calibration, qdiffusion_calibration, record_trajectories, single_step_calibration,
                           split_concat_convs, uniform_calibration)
-from .int8 import Int8Conv2d, Int8Linear, export_int8, int8_layers, int8_weight_bytes
-from .modules import (QuantConv2d, QuantLinear, calibrate, quant_layers, quant_state, quantize_model,
-                      set_act_mode, set_quant_step, weight_bytes)
+from .int8 import (Int8Conv2d, Int8Linear, export_int8, int8_layers, int8_tensors, int8_weight_bytes, load_int8,
+                   load_int8_file, save_int8_file)
+from .modules import (QuantConv2d, QuantLinear, act_quantizers, calibrate, quant_layers, quant_state,
+                      quantize_model, set_act_mode, set_quant_step, weight_bytes)
+from .pipeline import (CALIB_SAMPLER, METHODS, QuantDenoiser, QuantResult, available_methods,
+                       calibration_trajectories, get_method, quantize_minmax)
 from .quantizer import RANGE_METHODS, UniformQuantizer, fake_quant, params_from_range, qrange
+from .reconstruction import AdaRoundQuantizer, find_blocks, reconstruct_blocks
 
 __all__ = ["UniformQuantizer", "RANGE_METHODS", "fake_quant", "params_from_range", "qrange",
            "QuantLinear", "QuantConv2d", "quantize_model", "quant_layers", "calibrate", "set_quant_step",
-           "set_act_mode", "quant_state", "weight_bytes", "CalibrationSet", "Trajectories", "record_trajectories",
-           "ptq4dm_calibration", "qdiffusion_calibration", "naive_calibration", "uniform_calibration",
-           "single_step_calibration", "calibrate_denoiser", "SplitConv2d", "split_concat_convs", "Int8Conv2d",
-           "Int8Linear", "export_int8", "int8_layers", "int8_weight_bytes"]
+           "set_act_mode", "act_quantizers", "quant_state", "weight_bytes", "QuantAttention", "quantize_attention",
+           "attention_layers", "AdaRoundQuantizer", "find_blocks", "reconstruct_blocks", "CalibrationSet",
+           "Trajectories", "record_trajectories", "ptq4dm_calibration", "qdiffusion_calibration",
+           "naive_calibration", "uniform_calibration", "single_step_calibration", "calibrate_denoiser",
+           "SplitConv2d", "split_concat_convs", "Int8Conv2d", "Int8Linear", "export_int8", "int8_layers",
+           "int8_weight_bytes", "int8_tensors", "load_int8", "save_int8_file", "load_int8_file", "QuantResult",
+           "QuantDenoiser", "CALIB_SAMPLER", "METHODS", "get_method", "available_methods",
+           "calibration_trajectories", "quantize_minmax"]
