@@ -19,7 +19,7 @@ distilled toward), ``student-mse@1``, ``tadsr@1``. Metrics: ``psnr`` / ``ssim`` 
 blurrier), ``nfe``, ``seconds``. PSNR to the ground truth rewards the blurry posterior mean, so ``teacher@1``
 scores well there; the paper reports perceptual metrics (not available here).
 
-Measured (full run, 1 thread, 915 s wall on a machine at load ~10; 360 digits / 128 patch test images), PSNR to
+Measured (full run, 1 thread, 476 s wall; 360 digits / 128 patch test images), PSNR to
 the ground truth / PSNR to the teacher's DDIM chain / hf_ratio:
 
 ======================= ==================== ==================== ==================== ====================
