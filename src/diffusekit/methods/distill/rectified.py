@@ -67,10 +67,11 @@ def teacher_pairs(teacher: Denoiser, n: int, ts, *, generator: torch.Generator |
 
 
 @torch.no_grad()
-def ode_trajectory(denoiser: Denoiser, x_T: torch.Tensor, ts) -> torch.Tensor:
-    """The deterministic DDIM path from x_T on grid ts: (len(ts), B, ...), first x_T, last the sample."""
+def ode_trajectory(denoiser: Denoiser, x_T: torch.Tensor, ts, *, cond: dict | None = None) -> torch.Tensor:
+    """The deterministic DDIM path from x_T on grid ts: (len(ts), B, ...), first x_T, last the sample.
+    ``cond``: per-sample conditioning such as {"class_labels": (B,)}."""
     xs = [x_T]
-    sample_ddim(denoiser, x_T, ts, callback=lambda info: xs.append(info["x"]))
+    sample_ddim(denoiser, x_T, ts, cond=cond, callback=lambda info: xs.append(info["x"]))
     return torch.stack(xs)
 
 
