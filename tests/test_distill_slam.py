@@ -8,7 +8,8 @@ from diffusekit import zoo
 from diffusekit.core import VESchedule, VPLinear, make_grid, prior_sample
 from diffusekit.core.denoiser import NetworkDenoiser
 from diffusekit.data import load_dataset, ring8_mixture
-from diffusekit.methods.distill.consistency import ConsistencyDenoiser, consistency_grid, consistency_sample
+from diffusekit.methods.distill.consistency import (ConsistencyDenoiser, ConsistencyDistillationLoss, consistency_grid,
+                                                    consistency_sample)
 from diffusekit.methods.distill.slam import (GammaConditionedNet, SlamDenoiser, SlamDistillationLoss, slam_distill,
                                              slam_native_ts, subpath_point)
 from diffusekit.metrics import gmm_nll
@@ -82,7 +83,8 @@ def test_boundary_condition_is_exact_for_every_gamma(schedule, prediction):
 def test_subpath_reading_is_splams_formula():
     """gamma = 1 is the consistency function at t_s; for eps prediction x0_hat = (x_gamma - sigma_gamma eps_hat) /
     alpha_s with sigma_gamma^2 = (sigma_e alpha_s/alpha_e)^2 + gamma^2 (1 - (alpha_s/alpha_e)^2) (SPLAM's
-    predicted_origin_splam, VP); on forward-noised points with shared noise, x_gamma has signal alpha_s x0."""
+    predicted_origin_splam, VP) and eps_hat the network at the time of that noise level; on forward-noised
+    points with shared noise, x_gamma has signal alpha_s x0."""
     sched = VPLinear()
     f = SlamDenoiser(_random_gamma_net(3), sched, "eps")
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -94,7 +96,9 @@ def test_subpath_reading_is_splams_formula():
     sig_g = torch.sqrt((s_e * a_s / a_e) ** 2 + gamma**2 * (1 - (a_s / a_e) ** 2))
     torch.testing.assert_close(f.sigma_gamma(t_s, t_e, gamma), sig_g, rtol=1e-12, atol=0)
     torch.testing.assert_close(sig_g[-1], sched.sigma(t_s[0]), rtol=1e-12, atol=0)
-    eps_hat = f.inner.raw(x, t_s, gamma=gamma)
+    # the network is told the time t_gamma of that noise level, on x rescaled to it
+    t_g = sched.t_of_sigma_tilde(sig_g / a_s)
+    eps_hat = f.inner.raw(x * (sched.alpha(t_g) / a_s)[:, None], t_g, gamma=gamma)
     x0_hat = (x - sig_g[:, None] * eps_hat) / a_s[:, None]
     a, r = f._coefficients(t_s)
     want = a[:, None] * x / a_s[:, None] + r[:, None] * x0_hat
@@ -131,6 +135,23 @@ def test_loss_is_consistency_distillation_at_gamma_one_and_replays():
     # the gamma projection gets a gradient from the first step on
     got.mean().backward()
     assert float(net.cond_proj.weight.grad.abs().max()) > 0
+
+
+def test_initial_loss_on_an_eps_teacher_is_of_consistency_distillations_order():
+    """The zero-initialised student is the teacher, so on the digits teacher (eps prediction, VP discrete linear,
+    1/alpha(t_max) ~ 156) its initial SLAM loss is a teacher-consistency error like CD's on the same batch and
+    draws (same i and z). Reading eps_hat at sigma_gamma from a network told t_s made it ~1000x CD's (~70)."""
+    teacher = zoo.load("digits_unet")
+    ts = consistency_grid(teacher.schedule, 18)
+    data = load_dataset("digits", "train")
+    x, y = data.x[:128], data.y[:128]
+    slam_loss = SlamDistillationLoss(teacher, ts, teacher.prediction, solver="ddim")
+    cd_loss = ConsistencyDistillationLoss(teacher, ts, teacher.prediction, solver="ddim")
+    with torch.no_grad():
+        slam = slam_loss(GammaConditionedNet(teacher.net), (x, y), torch.Generator().manual_seed(0)).mean()
+        cd = cd_loss(teacher.net, (x, y), torch.Generator().manual_seed(0)).mean()
+    print(f"initial loss SLAM {float(slam):.4f}, CD {float(cd):.4f}")
+    assert float(slam) < 5.0 * float(cd), (float(slam), float(cd))
 
 
 def sample_ddim_per_sample(teacher, x, t, t_next):
