@@ -37,7 +37,8 @@ t_s is ~ x_gamma/sigma_s, so x0_hat keeps a noise term ~ (1 - sigma_gamma/sigma_
 initial loss was ~ 70 against consistency distillation's 0.05 and training diverged (2-/4-step digits FD 512/339).
 Telling the network t_gamma, the time whose noise level the reading assumes, makes the zero-initialised student start
 as the teacher's denoiser at x_gamma (initial loss of the same order as CD's); at gamma = 1, t_gamma = t_s, so the
-sampling student (gamma = 1) is unchanged.
+sampling student (gamma = 1) is unchanged. (Digits, 150 updates at lr 1e-4, 2-/4-step FD 60/32; CD with the DDIM
+teacher step 49/28.)
 
 Sampling uses gamma = 1 (the target network's and SPLAM's inference setting), so a ``SlamDenoiser`` *is* a
 ``ConsistencyDenoiser``: multistep sampling is ``consistency_sample`` (Song et al. 2023, Alg. 1), and the
