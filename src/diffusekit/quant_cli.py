@@ -168,27 +168,11 @@ def progress_factory(enabled: bool):
     return progress
 
 
-def _counting(denoiser, bar):
-    """The same denoiser, advancing ``bar`` by one per network evaluation."""
-    from .core import Denoiser
-
-    class _Counted(Denoiser):
-        def __init__(self):
-            super().__init__(denoiser.schedule)
-
-        def denoise(self, x, t, **cond):
-            out = denoiser.denoise(x, t, **cond)
-            bar.update(1)
-            return out
-
-    return _Counted()
-
-
 def run_quantize(args) -> int:
     """Run ``diffusekit quantize`` (see the module docstring); returns the exit status."""
     import torch
 
-    from .cli import _progress_enabled, load_denoiser
+    from .cli import _progress_enabled, _with_progress, load_denoiser
     from .methods.quant.checkpoint import save_quantized
     from .methods.quant.modules import weight_bytes
     from .methods.quant.pipeline import CALIB_SAMPLER, calibration_trajectories, get_method, open_bar, sample_shape
@@ -210,7 +194,7 @@ def run_quantize(args) -> int:
         bar = open_bar(progress, "record fp trajectories", nfe)
         try:
             with torch.no_grad():
-                traj = calibration_trajectories(_counting(denoiser, bar), args.calib_samples, seed=args.seed,
+                traj = calibration_trajectories(_with_progress(denoiser, bar), args.calib_samples, seed=args.seed,
                                                 shape=shape, num_classes=num_classes)
         finally:
             bar.close()

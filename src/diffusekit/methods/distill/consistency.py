@@ -220,7 +220,10 @@ class ConsistencyDistillationLoss:
         c = 0.00054 * diff.shape[1] ** 0.5 if self.huber_c is None else float(self.huber_c)
         return torch.sqrt((diff**2).sum(1) + c * c) - c
 
-    def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None):
+        """One training draw, shared by CD and SLAM: advance the curriculum and the EMA target, then per example
+        i ~ U{0..N-2}, z ~ N(0, I), x_t = alpha_i x + sigma_i z at t = t_i, and the target f_{theta^-}(x_{t_{i+1}})
+        after one teacher step. Returns (x_t, t, t_next, x_next, target, cond)."""
         ts, mu = self.grid_and_mu(self.calls)
         self.calls += 1
         self.update_target(net, mu)
@@ -236,6 +239,10 @@ class ConsistencyDistillationLoss:
             x_next = self.next_point(x, x_t, z, t, t_next, cond)
             self.target_net.eval()
             target = self.consistency(self.target_net).denoise(x_next, t_next, **cond)
+        return x_t, t, t_next, x_next, target, cond
+
+    def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        x_t, t, _, _, target, cond = self.draw(net, batch, generator)
         pred = self.consistency(net).denoise(x_t, t, **cond)
         return self.distance_fn(pred, target)
 

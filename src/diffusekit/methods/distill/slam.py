@@ -237,22 +237,8 @@ class SlamDistillationLoss(ConsistencyDistillationLoss):
                             sigma_data=self.sigma_data, t_min=float(self.ts[-1]))
 
     def __call__(self, net: nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        ts, mu = self.grid_and_mu(self.calls)
-        self.calls += 1
-        self.update_target(net, mu)
-        x = batch[0]
-        cond = {"class_labels": batch[1]} if len(batch) > 1 else {}
-        b = x.shape[0]
-        i = torch.randint(0, len(ts) - 1, (b,), generator=generator).to(x.device)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        gamma = torch.rand(b, generator=generator, dtype=torch.float64).to(x.device)
-        ts = ts.to(x.device)
-        t, t_next = ts[i], ts[i + 1]
-        x_t = self.schedule.add_noise(x, t, z)
-        with torch.no_grad():
-            x_next = self.next_point(x, x_t, z, t, t_next, cond)
-            self.target_net.eval()
-            target = self.consistency(self.target_net).denoise(x_next, t_next, **cond)
+        x_t, t, t_next, x_next, target, cond = self.draw(net, batch, generator)
+        gamma = torch.rand(x_t.shape[0], generator=generator, dtype=torch.float64).to(x_t.device)
         x_gamma = subpath_point(self.schedule, x_t, x_next, t, t_next, gamma)
         pred = self.consistency(net).denoise_subpath(x_gamma, t, t_next, gamma, **cond)
         return self.distance_fn(pred, target)
