@@ -173,11 +173,12 @@ def test_train_command_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "diffusekit.cli", "train", "--data", "gmm_ring8", "--num-examples", "512",
            "--steps", "4", "--batch-size", "64", "--out", str(tmp_path / "ddp"), "--no-progress"]
+    cmd.insert(3, "--tee=3")  # each rank's own stdout/stderr, prefixed with its rank, so a failure shows its cause
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     meta = json.loads((tmp_path / "ddp" / "checkpoint.json").read_text())
     assert meta["step"] == 4
-    assert proc.stdout.count("trained ") == 1, proc.stdout  # only rank 0 prints the summary
+    assert proc.stdout.count("]:trained ") == 1, proc.stdout  # only rank 0 prints the summary ("[default0]:")
 
 
 def test_sample_search_grid_is_cached_with_the_checkpoint(tmp_path, capsys):

@@ -345,11 +345,15 @@ def run_train(args) -> str | None:
         trainer.resume(out)
     if distributed.is_main_process():
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_saved_config(cfg), sort_keys=False))
+    finished = False
     try:
         history = trainer.fit()
+        finished = True
     finally:
         if distributed.is_main_process() and trainer._loss_history:
             save_loss_plot(trainer._loss_history, out / "loss.png", title=f"{data_cfg['name']}: {cfg['net']['name']}")
+        if finished:  # leave the process group together: a rank that exits while another still talks to it can
+            distributed.barrier()  # abort the gloo transport of the other (after an error, do not wait)
         distributed.cleanup()
     if not is_main:
         return None
