@@ -52,7 +52,7 @@ def test_the_reference_is_independent_of_the_first_step_scheme(mixture, name):
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(k for k, v in SAMPLERS.items() if not v.students_only))
 def test_every_sampler_from_the_default_start(mixture, name, schedule):
     """From t_max (alpha = 0 on the flow and zero-terminal-SNR schedules) on the default logSNR grid to t = 0:
     finite, and close to the exact ODE solution (deterministic) or to the data's moments (stochastic)."""
@@ -154,7 +154,7 @@ def _grids(schedule, n):
 
 
 @pytest.mark.parametrize("schedule", ["vp_discrete", "flow"])
-@pytest.mark.parametrize("name", sorted(k for k, v in SAMPLERS.items() if not v.adaptive))
+@pytest.mark.parametrize("name", sorted(k for k, v in SAMPLERS.items() if not v.adaptive and not v.students_only))
 def test_the_denoiser_is_called_exactly_the_declared_nfe(mixture, name, schedule):
     info = SAMPLERS[name]
     s = SCHEDULES[schedule]

@@ -37,6 +37,8 @@ class SamplerInfo:
     ``order``: global order of accuracy of the deterministic solver (0 for stochastic samplers).
     ``nfe_per_step``: network calls per step away from the grid's ends (None: adaptive).
     ``nfe_rule``: the exact NFE as a function of the grid, see ``nfe``.
+    ``students_only``: the sampler runs a distilled student (a consistency function, a one-step generator), not
+    any denoiser on any grid (``methods.distill.samplers``).
     """
 
     name: str
@@ -45,6 +47,7 @@ class SamplerInfo:
     nfe_per_step: int | None
     stochastic: bool
     nfe_rule: Callable | None = None
+    students_only: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -64,12 +67,13 @@ SAMPLERS: dict[str, SamplerInfo] = {}
 
 
 def register_sampler(name: str, *, order: int, nfe_per_step: int | None, stochastic: bool,
-                     nfe: Callable | None = None):
+                     nfe: Callable | None = None, students_only: bool = False):
     """Decorator: register ``fn`` under ``name`` and attach ``fn.info``. ``nfe(ts) -> int`` gives the exact
-    NFE on a grid when it is not ``nfe_per_step`` times the number of steps."""
+    NFE on a grid when it is not ``nfe_per_step`` times the number of steps; ``students_only`` marks a sampler
+    of distilled students (see ``SamplerInfo``)."""
 
     def wrap(fn):
-        info = SamplerInfo(name, fn, order, nfe_per_step, stochastic, nfe)
+        info = SamplerInfo(name, fn, order, nfe_per_step, stochastic, nfe, students_only)
         SAMPLERS[name] = info
         fn.info = info
         return fn

@@ -48,7 +48,7 @@ def boundary_level(denoiser: Denoiser) -> float:
     return float(sched.sigma_tilde(torch.tensor(sched.t_min, dtype=torch.float64)))
 
 
-@register_sampler("consistency", order=0, nfe_per_step=1, stochastic=True)
+@register_sampler("consistency", order=0, nfe_per_step=1, stochastic=True, students_only=True)
 def sample_consistency(denoiser: Denoiser, x: torch.Tensor, ts, *, generator=None, cond: dict | None = None,
                        s_min: float | None = None) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, arXiv 2303.01469, Alg. 1) on ``ts`` (n + 1 points,
@@ -65,7 +65,7 @@ def _one_step_nfe(ts) -> int:
     return 1
 
 
-@register_sampler("one_step", order=0, nfe_per_step=1, stochastic=False, nfe=_one_step_nfe)
+@register_sampler("one_step", order=0, nfe_per_step=1, stochastic=False, nfe=_one_step_nfe, students_only=True)
 def sample_one_step(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None = None) -> torch.Tensor:
     """One-step generation x0 = G(x, ts[0]) (a generator student, e.g. BOOT, Gu et al. 2023, arXiv 2306.05544).
     ``ts`` must be one step [t_0, t_1] (t_1 = 0 by convention); 1 network call. x: (B, ...) at t_0."""
