@@ -86,6 +86,7 @@ import torch
 from torch import nn
 
 from .modules import _QuantWrapper, _run, quant_layers
+from .pipeline import open_bar
 from .quantizer import _EPS, UniformQuantizer
 
 __all__ = ["AdaRoundQuantizer", "rectified_sigmoid", "adaround_beta", "find_blocks", "reconstruct_blocks",
@@ -541,7 +542,7 @@ def _reconstruct_one(q_net, fp_net, name, run_batches, *, iters, adaround, learn
                  for ln in layer_names]
     gen = torch.Generator().manual_seed(seed)
     bsz = min(batch_size, n)
-    bar = None if progress is None else progress(f"reconstruct {name}", iters)
+    bar = open_bar(progress, f"reconstruct {name}", iters)
     losses = []
     done = False
     try:
@@ -582,12 +583,10 @@ def _reconstruct_one(q_net, fp_net, name, run_batches, *, iters, adaround, learn
                     for q in acts:
                         q.scale.clamp_(min=_EPS)
             losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         done = True
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         for h in hooks:
             h.remove()
         with torch.no_grad():

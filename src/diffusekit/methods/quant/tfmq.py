@@ -65,7 +65,7 @@ from torch import nn
 from ...core.denoiser import NetworkDenoiser
 from .calibration import Trajectories, calibrate_denoiser, split_concat_convs
 from .modules import quant_layers, quantize_model, set_act_mode, set_quant_step
-from .pipeline import QuantDenoiser, QuantResult
+from .pipeline import QuantDenoiser, QuantResult, open_bar
 from .quantizer import UniformQuantizer
 
 __all__ = ["find_temporal_modules", "temporal_layers", "temporal_inputs", "temporal_features",
@@ -432,7 +432,7 @@ def tiar(qden: NetworkDenoiser, fp_den: NetworkDenoiser, modules: Sequence[str],
     bsz = min(batch_size, n_pairs)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([a.v for a in ada.values()], lr=lr)
-    bar = None if progress is None else progress("TIAR (temporal block)", iters)
+    bar = open_bar(progress, "TIAR (temporal block)", iters)
     done = False
     try:
         for n, m in layers.items():
@@ -450,12 +450,10 @@ def tiar(qden: NetworkDenoiser, fp_den: NetworkDenoiser, modules: Sequence[str],
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         done = True
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         with torch.no_grad():
             for n, m in layers.items():
                 if done:
