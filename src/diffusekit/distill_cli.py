@@ -157,13 +157,10 @@ def _no_data(spec: str):
 
 
 def _default_grid(schedule, steps: int):
-    """The grid the students sample on: trailing on a discrete VP schedule, log-SNR to t = 0 otherwise (the
-    digits evaluation's DDIM grids, ``zoo.recipes.digits_solver``)."""
-    from .core import VPDiscrete, make_grid
+    """The grid the students sample on: the digits evaluation's DDIM grid (``zoo.recipes.ddim_grid``)."""
+    from .zoo.recipes import ddim_grid
 
-    if isinstance(schedule, VPDiscrete):
-        return make_grid("trailing", schedule, steps)
-    return make_grid("logsnr", schedule, steps, t_end=0.0)
+    return ddim_grid(schedule, steps)[1]
 
 
 def _check_grids(s: dict, teacher) -> None:

@@ -75,6 +75,14 @@ def train_model(net_config: dict, schedule_config: dict, loss_config: dict, data
 SOLVERS = ("ddim", "default")
 
 
+def ddim_grid(schedule, steps: int) -> tuple[str, torch.Tensor]:
+    """(name, times) of the DDIM evaluation grid: diffusers' trailing grid on a discrete VP schedule, else the
+    log-SNR grid ending at t = 0."""
+    if isinstance(schedule, VPDiscrete):
+        return "trailing", make_grid("trailing", schedule, steps)
+    return "logsnr", make_grid("logsnr", schedule, steps, t_end=0.0)
+
+
 def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> tuple:
     """The sampler the digits evaluation uses: ``(fn, ts, options, description)``.
 
@@ -91,9 +99,7 @@ def digits_solver(denoiser, solver: str = "ddim", steps: int | None = None) -> t
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
     if solver == "ddim":
         steps = 50 if steps is None else steps
-        schedule = denoiser.schedule
-        grid = "trailing" if isinstance(schedule, VPDiscrete) else "logsnr"
-        ts = make_grid(grid, schedule, steps) if grid == "trailing" else make_grid(grid, schedule, steps, t_end=0.0)
+        grid, ts = ddim_grid(denoiser.schedule, steps)
         return sample_ddim, ts, {}, {"sampler": "ddim", "grid": grid, "steps": steps, "options": {},
                                      "timesteps": [float(t) for t in ts]}
     steps = DEFAULT["steps"] if steps is None else steps
