@@ -261,12 +261,9 @@ def _fresh_copy(net):
 
 
 def _frozen(teacher):
-    import copy
+    from .methods.distill.progressive import frozen_teacher  # lazy: the parser imports this module
 
-    from .core import NetworkDenoiser
-
-    return NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule,
-                           teacher.prediction, scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    return frozen_teacher(teacher)
 
 
 def distill_progressive(run: _Run, teacher, data: tuple, *, loss: str):

@@ -53,6 +53,7 @@ from ...core.grids import check_grid, make_grid
 from ...core.predictions import ALPHA_DIVIDING, check_prediction, x0_from_prediction
 from ...training.trainer import TrainConfig, Trainer
 from ..thresholding import StaticThresholdDenoiser
+from .progressive import frozen_teacher
 
 WEIGHTINGS = ("unit", "x")
 
@@ -210,8 +211,7 @@ def boot_distill(teacher: NetworkDenoiser, config: TrainConfig, *, shape, n_step
         raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
     sched = teacher.schedule
     ts = make_grid(grid, sched, int(n_steps), t_end=0.0)
-    frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), sched, teacher.prediction,
-                             scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    frozen = frozen_teacher(teacher)
     target_teacher = frozen if clip_x0 is None else StaticThresholdDenoiser(frozen, clip_range=float(clip_x0))
     loss_fn = BootLoss(target_teacher, ts, teacher.prediction, shape=shape, read=read, scale_input=teacher.scale_input,
                        sigma_data=teacher.sigma_data, cond_sampler=cond_sampler, weighting=weighting)

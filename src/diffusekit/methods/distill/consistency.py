@@ -57,7 +57,7 @@ from ...core.denoiser import Denoiser, NetworkDenoiser
 from ...core.grids import check_grid, grid_karras
 from ...core.noise import randn
 from ...training.trainer import TrainConfig, Trainer
-from .progressive import ddim_step
+from .progressive import ddim_step, frozen_teacher
 
 TEACHER_SOLVERS = ("heun", "ddim", "euler")
 DISTANCES = ("l2", "pseudo_huber")
@@ -338,8 +338,7 @@ def consistency_distill(teacher: NetworkDenoiser, data, config: TrainConfig, *, 
     if not isinstance(teacher, NetworkDenoiser):
         raise ValueError(f"the teacher must be a NetworkDenoiser (its network initialises the student); "
                          f"got {type(teacher).__name__}")
-    frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule,
-                             teacher.prediction, scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    frozen = frozen_teacher(teacher)
     ts = consistency_grid(teacher.schedule, n_points, rho=rho)
     loss_fn = ConsistencyDistillationLoss(frozen, ts, teacher.prediction, solver=solver, distance=distance, mu=mu,
                                           scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)

@@ -46,6 +46,13 @@ from ...training.trainer import TrainConfig, Trainer
 LOSSES = ("snr_trunc", "l1")
 
 
+def frozen_teacher(teacher: NetworkDenoiser) -> NetworkDenoiser:
+    """A frozen copy of ``teacher`` (its network deep-copied, eval mode, no gradients) for distillation targets,
+    so training the student never touches the caller's teacher."""
+    return NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule,
+                           teacher.prediction, scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+
+
 def ddim_step(x: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor, schedule) -> torch.Tensor:
     """One deterministic DDIM step t -> s (Song et al. 2021, arXiv 2010.02502, eq. 12) with per-sample times:
 
@@ -158,8 +165,7 @@ def distill_round(teacher: NetworkDenoiser, ts_teacher, data, config: TrainConfi
     if not isinstance(teacher, NetworkDenoiser):
         raise ValueError(f"the teacher must be a NetworkDenoiser (its network initialises the student); "
                          f"got {type(teacher).__name__}")
-    frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule,
-                             teacher.prediction, scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    frozen = frozen_teacher(teacher)
     loss_fn = ProgressiveDistillationLoss(frozen, ts_teacher, teacher.prediction, loss=loss,
                                           scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
     net = copy.deepcopy(teacher.net).train().requires_grad_(True)

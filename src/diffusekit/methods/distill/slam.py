@@ -66,6 +66,7 @@ from ...core.denoiser import NetworkDenoiser
 from ...core.predictions import x0_from_prediction
 from ...nets.embedding import TimeClassEmbedding, timestep_embedding
 from ...training.trainer import TrainConfig, Trainer
+from .progressive import frozen_teacher
 from .consistency import (ConsistencyDenoiser, ConsistencyDistillationLoss, consistency_coefficients,
                           consistency_grid)
 
@@ -284,8 +285,7 @@ def slam_distill(teacher: NetworkDenoiser, data, config: TrainConfig, *, n_point
                          f"got {type(teacher).__name__}")
     if data is None:
         raise ValueError("SLAM distillation noises data points (x_s = alpha x + sigma z); pass the training data")
-    frozen = NetworkDenoiser(copy.deepcopy(teacher.net).eval().requires_grad_(False), teacher.schedule,
-                             teacher.prediction, scale_input=teacher.scale_input, sigma_data=teacher.sigma_data)
+    frozen = frozen_teacher(teacher)
     ts = consistency_grid(teacher.schedule, n_points, rho=rho)
     native = slam_native_ts(teacher.schedule, ts, steps)
     loss_fn = SlamDistillationLoss(frozen, ts, teacher.prediction, solver=solver, distance=distance, mu=mu,
