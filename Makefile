@@ -10,7 +10,7 @@ STAMP := $(VENV)/.diffusekit-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" torch==2.13.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -29,6 +29,12 @@ class CLIError(UserError):
 # ------------------------------------------------------------------------------------------------
 # model loading shared by sample / eval
 # ------------------------------------------------------------------------------------------------
+# checkpoint kind (extra_config["kind"]) -> (module, loader(tensors, meta, path) -> Denoiser)
+_CHECKPOINT_LOADERS = {
+    "latent": (".methods.latent.checkpoint", "load_latent_denoiser"),
+}
+
+
 def load_denoiser(spec: str):
     """A Denoiser from ``zoo:NAME`` or a training checkpoint directory (EMA weights when present)."""
     from . import zoo
@@ -36,6 +42,10 @@ def load_denoiser(spec: str):
     from .nets import build_net
     from .training.checkpoint import load_checkpoint, load_state_strict
 
+    if spec.startswith("diffusers:"):  # a local diffusers-format model folder (interop, never the network)
+        from .interop.diffusers import load_diffusers_denoiser
+
+        return load_diffusers_denoiser(spec[len("diffusers:"):])
     if spec.startswith("zoo:"):
         name = spec[4:]
         obj = zoo.load(name)
@@ -58,6 +68,11 @@ def load_denoiser(spec: str):
         from .methods.distill.checkpoint import load_student_denoiser
 
         return load_student_denoiser(tensors, meta, path)
+    if kind in _CHECKPOINT_LOADERS:  # other method-specific checkpoints: (module, function) in this package
+        import importlib
+
+        module, function = _CHECKPOINT_LOADERS[kind]
+        return getattr(importlib.import_module(module, __package__), function)(tensors, meta, path)
     if kind != "trained":
         raise CLIError(f"--model {spec}: unknown checkpoint kind {kind!r}; this diffusekit reads trained, "
                        "quantized and student checkpoints")
@@ -425,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     epilog = _names_epilog()
     p = argparse.ArgumentParser(prog="diffusekit", description="Diffusion models on one small, exact core.",
                                 formatter_class=fmt, epilog=epilog)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,sample,eval,quantize,distill,zoo,bench}")
+    sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a class-conditional digits model from scratch and evaluate it",
                        formatter_class=fmt, parents=[common])
@@ -491,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_distill_arguments(ds)
     ds.set_defaults(func=run_distill)
+
+    tr = sub.add_parser("translate", help="unpaired image translation between two diffusion models "
+                        "(CycleDiffusion)", formatter_class=fmt, parents=[common])
+    from .translate_cli import add_translate_arguments, run_translate
+
+    add_translate_arguments(tr)
+    tr.set_defaults(func=run_translate)
 
     z = sub.add_parser("zoo", help="shipped model assets", formatter_class=fmt)
     zsub = z.add_subparsers(dest="zoo_command", required=True)
