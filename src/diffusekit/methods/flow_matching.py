@@ -56,33 +56,56 @@ def _pad(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Minibatch OT plans (POT)
 
+def _starved(plan: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """True when the plan is not finite or some row or column holds under 10% of its marginal (underflow)."""
+    if not np.all(np.isfinite(plan)):
+        return True
+    return bool((plan.sum(1) < 0.1 * a).any() or (plan.sum(0) < 0.1 * b).any())
+
+
+def _usable(plan: np.ndarray, method: str, reg: float) -> np.ndarray:
+    """The plan, or the uniform plan with a ``RuntimeWarning`` when it is not finite or has (near) zero mass."""
+    plan = np.asarray(plan, dtype=np.float64)
+    if not np.all(np.isfinite(plan)) or abs(plan.sum()) < 1e-8:
+        warnings.warn(f"the {method} OT plan is degenerate (not finite or zero mass, reg={reg}); "
+                      "using the uniform plan (independent pairs) for this batch", RuntimeWarning, stacklevel=3)
+        plan = np.full(plan.shape, 1.0 / plan.size)
+    return plan
+
+
 def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05) -> np.ndarray:
     """The minibatch OT plan pi (float64 array (B0, B1), total mass 1) between the empirical measures of x0 and x1
-    for the cost C_ij = ||x0_i - x1_j||^2 (samples flattened), uniform marginals a = 1/B0, b = 1/B1:
+    for the cost C_ij = ||x0_i - x1_j||^2 (samples flattened, computed in float64), uniform marginals a, b:
 
         exact:    pi* = argmin_{pi in U(a, b)} <pi, C>                  (``ot.emd``; Tong et al. eq. 17)
         sinkhorn: pi_reg = argmin_{pi in U(a, b)} <pi, C> - reg H(pi)   (``ot.sinkhorn``; eq. 19, reg = 2 sigma^2)
 
-    A plan that is not finite or has (near) zero mass (Sinkhorn underflow at a small reg) is replaced by the
-    uniform plan a b^T with a ``RuntimeWarning``, so training continues with independent pairs for that batch.
+    Sinkhorn runs as in torchcfm (POT's default solver and iteration cap). Where exp(-C/reg) underflows (a small
+    reg against the batch's costs) that solver returns a plan with empty rows or columns; then the plan is solved
+    again in the log domain (``method="sinkhorn_log"``). A plan that is still not finite or has zero mass is
+    replaced by the uniform plan a b^T with a ``RuntimeWarning`` (independent pairs for that batch), where
+    torchcfm would fail on NaN probabilities.
     """
     if method not in PLAN_METHODS:
         raise ValueError(f"unknown OT plan method {method!r}; allowed: {', '.join(PLAN_METHODS)}")
-    if method == "sinkhorn" and not reg > 0:
-        raise ValueError(f"the Sinkhorn plan needs reg > 0; got {reg}")
+    if method == "sinkhorn" and not (math.isfinite(reg) and reg > 0):
+        raise ValueError(f"the Sinkhorn plan needs a finite reg > 0; got {reg}")
     a, b = ot.unif(x0.shape[0]), ot.unif(x1.shape[0])
     src = x0.detach().reshape(x0.shape[0], -1).to("cpu", torch.float64)
     tgt = x1.detach().reshape(x1.shape[0], -1).to("cpu", torch.float64)
     cost = (torch.cdist(src, tgt, compute_mode="donot_use_mm_for_euclid_dist") ** 2).numpy()
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", UserWarning)  # POT's "did not converge" / numerical warnings; checked below
-        plan = ot.emd(a, b, cost) if method == "exact" else ot.sinkhorn(a, b, cost, reg)
-    plan = np.asarray(plan, dtype=np.float64)
-    if not np.all(np.isfinite(plan)) or abs(plan.sum()) < 1e-8:
-        warnings.warn(f"the {method} OT plan is degenerate (not finite or zero mass, reg={reg}); "
-                      "using the uniform plan (independent pairs) for this batch", RuntimeWarning, stacklevel=2)
-        plan = np.full_like(plan, 1.0 / plan.size)
-    return plan
+    if method == "exact":
+        return _usable(ot.emd(a, b, cost), method, reg)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        plan = np.asarray(ot.sinkhorn(a, b, cost, reg), dtype=np.float64)
+    if _starved(plan, a, b):
+        with np.errstate(all="ignore"):
+            plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log")
+    else:
+        for w in caught:  # POT's own warnings (e.g. "did not converge") for the plan we keep
+            warnings.warn(w.message, w.category, stacklevel=2)
+    return _usable(plan, method, reg)
 
 
 def sample_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, *,
@@ -95,7 +118,7 @@ def sample_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: 
     renormalised plan, NumPy's global RNG); a ``torch.Generator`` draws with ``torch.multinomial``. ``plan``
     skips the solve (a plan from ``ot_plan``).
     """
-    pi = ot_plan(x0, x1, method, reg) if plan is None else np.asarray(plan, dtype=np.float64)
+    pi = ot_plan(x0, x1, method, reg) if plan is None else _usable(plan, "given", reg)
     n = x0.shape[0] if num_pairs is None else int(num_pairs)
     p = pi.reshape(-1) / pi.sum()
     if generator is None:
