@@ -21,6 +21,7 @@ import torch
 
 from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, grid_diffusers
 from diffusekit.core.schedules import betas_for
+from diffusekit.interop.diffusers import DiffusersNet
 from diffusekit.methods.thresholding import DynamicThresholdDenoiser
 from diffusekit.samplers.baseline import sample_ddim, sample_ddpm
 from diffusekit.samplers.karras import sample_euler_ancestral, sample_euler_sigma, sample_heun
@@ -35,18 +36,17 @@ SEEDS = [11, 12, 13]
 RTOL = 1e-5
 
 
-class UNetEps(torch.nn.Module):
-    """Adapter: net(x, t) -> eps with t of shape (B,) (NetworkDenoiser's calling convention).
-
-    eps_hat = x + 0.5 unet(x, t): the identity part is the exact eps for data at 0 at high noise, which
-    keeps x0_hat and the samples O(1) (a bare random UNet drives them to |x| ~ 300 through 1/alpha)."""
+class HalfUNetPlusIdentity(torch.nn.Module):
+    """The test's eps model on our public adapter: eps_hat = x + 0.5 unet(x, t). The identity part is the exact
+    eps for data at 0 at high noise, which keeps x0_hat and the samples O(1) (a bare random UNet drives them
+    to |x| ~ 300 through 1/alpha)."""
 
     def __init__(self, unet):
         super().__init__()
-        self.unet = unet
+        self.unet = DiffusersNet(unet)
 
     def forward(self, x, t):
-        return x + 0.5 * self.unet(x, t).sample
+        return x + 0.5 * self.unet(x, t)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def setup():
     unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                  layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
-    net = UNetEps(unet).double().eval()
+    net = HalfUNetPlusIdentity(unet).double().eval()
     schedule = VPDiscrete(betas_for("linear", N_TRAIN), beta_schedule="linear")
     den = NetworkDenoiser(net, schedule, "eps")
     x_T = torch.randn(len(SEEDS), 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

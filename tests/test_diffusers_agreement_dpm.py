@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from diffusekit.core import NetworkDenoiser, VPDiscrete, generators_from_seeds, randn_like
+from diffusekit.interop.diffusers import DiffusersNet
 from diffusekit.samplers.dpm_solver import (diffusers_multistep_orders, diffusers_singlestep_orders,
                                             grid_diffusers_dpm, sample_dpm_solver_grouped,
                                             sample_dpm_solver_multistep, sample_sde_dpm_solver_pp_2m)
@@ -19,18 +20,6 @@ from diffusekit.samplers.unipc import sample_unipc
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*algorithm_type.*deprecated:FutureWarning"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
-
-
-class UNetEps(torch.nn.Module):
-    """Adapter: our NetworkDenoiser passes VPDiscrete.network_time(t) = tN - 1, an integer up to rounding on
-    diffusers' grids; the UNet gets it as the integer timestep diffusers would pass."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x, t):
-        return self.unet(x, torch.round(t)).sample
 
 
 def schedule_of(scheduler) -> VPDiscrete:
@@ -71,7 +60,7 @@ def run_diffusers(scheduler, unet, x_T, steps, noises=None):
 def ours_setup(scheduler, unet, steps, final):
     sched = schedule_of(scheduler)
     ts = grid_diffusers_dpm(sched, steps, final=final)
-    return NetworkDenoiser(UNetEps(unet), sched, "eps"), ts, sched
+    return NetworkDenoiser(DiffusersNet(unet, round_time=True), sched, "eps"), ts, sched
 
 
 def assert_agrees(ours, theirs, timesteps, ts, sched):
