@@ -71,7 +71,8 @@ def test_invalid_combinations_raise():
 # ---------------------------------------------------------------------------------------------------------------
 # Closed forms for Gaussian rho0 = N(m0, s0^2 I), rho1 = N(m1, s1^2 I), independent coupling
 # ---------------------------------------------------------------------------------------------------------------
-M0, S0, M1, S1 = torch.tensor([-1.0, 0.5], dtype=torch.float64), 0.6, torch.tensor([2.0, -1.0], dtype=torch.float64), 0.3
+M0, S0 = torch.tensor([-1.0, 0.5], dtype=torch.float64), 0.6
+M1, S1 = torch.tensor([2.0, -1.0], dtype=torch.float64), 0.3
 
 
 class GaussianPair:
