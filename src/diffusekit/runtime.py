@@ -1,5 +1,6 @@
 """Process-wide runtime settings for the command line: torch's intra-op thread count, chosen at start-up,
-and a governor that re-fits it during long loops.
+and a governor that re-fits it during long loops; and the device / precision helpers behind ``--device``,
+``--precision``, ``--compile`` and ``--channels-last`` (end of the module).
 
 Why this matters: torch parallelises each operator over its OpenMP threads, and every operator ends in a
 barrier. The networks here are small (8 x 8 digits at batch 128: thousands of short operators per second),
@@ -36,8 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["ThreadGovernor", "available_cores", "busy_cores", "choose_threads", "configure_threads",
-           "next_threads"]
+__all__ = ["DEVICES", "PRECISIONS", "ThreadGovernor", "autocast", "autocast_dtype", "available_cores", "busy_cores",
+           "choose_threads", "compile_module", "compile_unavailable_reason", "configure_threads", "grad_scaler",
+           "next_threads", "prepare_denoiser", "resolve_device", "to_channels_last"]
 
 _chosen: int | None = None
 
@@ -241,3 +243,177 @@ class ThreadGovernor:
             torch.set_num_threads(threads)
         self.history.append((round(other, 3), round(wait, 3), threads))
         return threads
+
+
+# ------------------------------------------------------------------------------------ devices and precision
+#
+# ``diffusekit train`` and ``diffusekit sample`` take ``--device``, ``--precision``, ``--compile`` and
+# ``--channels-last``; everything is off by default, and the defaults (auto device on a CPU-only machine,
+# fp32, eager, contiguous) are the exact paths the rest of the project is tested on.
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto"):
+    """The ``torch.device`` for ``--device NAME``: ``auto`` is CUDA when available, then MPS, then the CPU.
+
+    Under ``torchrun`` CUDA means this process's GPU, ``cuda:LOCAL_RANK``. Asking for a device torch
+    cannot see is a one-line :class:`~diffusekit.errors.UserError`.
+    """
+    import torch
+
+    from .errors import UserError
+
+    if name not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}; got {name!r}")
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device cuda: this torch build ({torch.__version__}) sees no CUDA device; "
+                            "use --device cpu or --device auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0) % torch.cuda.device_count())
+    if name == "mps" and not has_mps:
+        raise UserError("--device mps: this torch build sees no Apple MPS device; use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of ``precision`` (None for ``fp32``: no autocast)."""
+    import torch
+
+    from .errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device, precision: str):
+    """``torch.autocast`` for ``precision`` on ``device`` (a null context for ``fp32``).
+
+    Inside it matrix products and convolutions run in bf16 / fp16 while weights, reductions and the
+    sampler's or optimizer's arithmetic stay fp32 (mixed precision, Micikevicius et al. 2018,
+    arXiv 1710.03740). bf16 autocast on the CPU is a real path and is what the CPU tests exercise.
+    """
+    import contextlib
+
+    import torch
+
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device, precision: str):
+    """A dynamic loss scaler for fp16 training (None otherwise): the loss is multiplied by S before
+    ``backward``, gradients divided by S before the update; a step whose gradients overflow is skipped and
+    S halved, and S doubles after 2000 clean steps (arXiv 1710.03740, section 3.2)."""
+    import torch
+
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def compile_unavailable_reason(device) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device`` here (None when it can).
+
+    Inductor compiles C++ for the CPU (it needs a C++ compiler: ``$CXX``, ``g++``, ``c++`` or ``clang++``)
+    and Triton kernels for CUDA (it needs the ``triton`` package).
+    """
+    import importlib.util
+    import shutil
+
+    import torch
+
+    kind = torch.device(device).type
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if kind == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs the triton package"
+    if kind == "cpu":
+        candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in candidates):
+            return "torch.compile on the CPU needs a C++ compiler (g++, c++ or clang++ on PATH, or $CXX)"
+        return None
+    return f"torch.compile is not supported on {kind} by this project"
+
+
+def compile_module(module, device):
+    """``torch.compile(module)``, or a one-line UserError saying why it cannot run on ``device`` here.
+
+    The compiled module computes the same function; the first calls are slow (compilation).
+    """
+    import torch
+
+    from .errors import UserError
+
+    reason = compile_unavailable_reason(device)
+    if reason is not None:
+        raise UserError(f"--compile: {reason}; run without --compile")
+    return torch.compile(module)
+
+
+def to_channels_last(x):
+    """``x`` in channels-last memory format when it is a 4-D tensor (images), else ``x`` unchanged."""
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_denoiser(denoiser, device, precision: str = "fp32", *, compile: bool = False,
+                     channels_last: bool = False):
+    """A sampling-ready Denoiser: the network moved to ``device`` (channels-last, compiled when asked) and
+    every network evaluation run under :func:`autocast` for ``precision``.
+
+    The sampler itself keeps working in x's dtype (fp32 / fp64): only the network sees bf16 / fp16, and
+    its output is cast back to x's dtype. Models without a ``.net`` module (e.g. a function denoiser) can
+    only run on the CPU in fp32 eager.
+    """
+    import torch
+
+    from .core import Denoiser
+    from .errors import UserError
+
+    device = torch.device(device)
+    net = getattr(denoiser, "net", None)
+    plain = device.type == "cpu" and precision == "fp32" and not compile and not channels_last
+    if plain:
+        return denoiser
+    if not isinstance(net, torch.nn.Module):
+        raise UserError(f"--device/--precision/--compile/--channels-last need a network model; "
+                        f"{type(denoiser).__name__} has none; sample it with the defaults")
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    denoiser.net = compile_module(net, device) if compile else net
+    autocast_dtype(precision)  # checks the name
+
+    class PrecisionDenoiser(Denoiser):
+        """Runs ``inner`` on ``device`` under autocast; x0_hat comes back in x's dtype and device."""
+
+        def __init__(self, inner):
+            super().__init__(inner.schedule)
+            self.inner = inner
+            self.net = inner.net
+
+        @property
+        def num_classes(self):
+            return getattr(self.inner, "num_classes", None)
+
+        def denoise(self, x, t, **cond):
+            x_dev = x.to(device)
+            if channels_last:
+                x_dev = to_channels_last(x_dev)
+            cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+            with autocast(device, precision):
+                out = self.inner.denoise(x_dev, t.to(device), **cond)
+            return out.to(device=x.device, dtype=x.dtype).contiguous()
+
+    return PrecisionDenoiser(denoiser)

@@ -16,14 +16,18 @@ from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["DEFAULT_CHECKPOINT_EVERY", "TRAJECTORY_FIELDS", "TrainConfig"]
+__all__ = ["DEFAULT_CHECKPOINT_EVERY", "LOSS_NOISES", "PRECISIONS", "TRAJECTORY_FIELDS", "TrainConfig"]
 
 # Steps between checkpoints for ``diffusekit train`` when the user does not choose: at the digits UNet's
 # ~20 steps/s an interruption loses under half a minute, and a save costs well under a second.
 DEFAULT_CHECKPOINT_EVERY = 500
 
 # Fields whose change between the checkpointed run and the resumed one breaks exactness.
-TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "grad_clip", "ema_decay", "seed")
+TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "grad_clip", "ema_decay", "seed",
+                     "grad_accum_steps", "loss_noise", "precision")
+LOSS_NOISES = ("per_rank", "per_example")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BOOL_FIELDS = ("progress", "channels_last", "compile")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -86,6 +90,11 @@ class TrainConfig:
     checkpoint_every: int = 0
     max_seconds: float | None = None
     progress: bool = True
+    grad_accum_steps: int = 1
+    loss_noise: str = "per_rank"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 1)
@@ -109,8 +118,14 @@ class TrainConfig:
         _check_int("checkpoint_every", self.checkpoint_every, 0)
         if self.max_seconds is not None:
             _check_float("max_seconds", self.max_seconds, low=0.0, low_open=True)
-        if not isinstance(self.progress, bool):
-            raise UserError(f"progress must be true or false, got {self.progress!r}")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        _check_int("grad_accum_steps", self.grad_accum_steps, 1)
+        if self.loss_noise not in LOSS_NOISES:
+            raise UserError(f"loss_noise must be one of {', '.join(LOSS_NOISES)}, got {self.loss_noise!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         """Plain-JSON dict (``betas`` as a list)."""
@@ -134,7 +149,7 @@ class TrainConfig:
         for key, value in d.items():
             if key == "betas" and isinstance(value, Sequence) and not isinstance(value, str):
                 value = [_number_from_text(b) for b in value]
-            elif key != "progress":
+            elif key not in BOOL_FIELDS and key not in ("loss_noise", "precision"):
                 value = _number_from_text(value)
             values[key] = value
         return cls(**values)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core import noise
 from ..core._tensor import per_sample
 from ..core.denoiser import NetworkDenoiser
 from ..core.predictions import check_prediction, prediction_from_x0_eps, x0_loss_weight
@@ -30,9 +31,23 @@ WEIGHTINGS = ("uniform", "min_snr", "edm")
 TIME_SAMPLINGS = ("uniform", "lognormal")
 
 
-def sample_times(schedule, batch: int, generator: torch.Generator | None = None, *, method: str = "uniform",
+def _per_example(generator, batch: int, draw) -> torch.Tensor:
+    """``draw(n, generator)`` for the whole batch, or one ``draw(1, g)`` per example when ``generator`` is a list
+    of generators (the trainer's ``loss_noise="per_example"``: draws then do not depend on the batch split)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}; give one per example")
+        return torch.cat([draw(1, g) for g in generator])
+    return draw(batch, generator)
+
+
+def sample_times(schedule, batch: int, generator=None, *, method: str = "uniform",
                  p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
-    """Training times t (float64, shape (batch,)); see the module docstring."""
+    """Training times t (float64, shape (batch,)); see the module docstring. ``generator``: one CPU generator,
+    a list of one per example, or None (the global RNG)."""
+    if isinstance(generator, (list, tuple)):
+        return _per_example(generator, batch, lambda n, g: sample_times(schedule, n, g, method=method,
+                                                                        p_mean=p_mean, p_std=p_std))
     if method == "uniform":
         if isinstance(schedule, VPDiscrete):
             n = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator)
@@ -64,7 +79,8 @@ def loss_weight(t: torch.Tensor, schedule, prediction: str, weighting: str, *, m
 class DiffusionLoss:
     """Per-example denoising loss for a network, usable as a ``Trainer`` loss function.
 
-    Call as ``loss(net, batch, generator) -> Tensor[B]`` with batch = (x0,) or (x0, labels). With
+    Call as ``loss(net, batch, generator) -> Tensor[B]`` with batch = (x0,) or (x0, labels); ``generator`` is
+    a CPU generator or a list of one per example (then every draw of example i comes from generator i). With
     ``label_dropout`` p > 0 and class labels, each label is replaced by the null class with probability p
     (classifier-free guidance training, Ho & Salimans 2022).
     """
@@ -104,7 +120,7 @@ class DiffusionLoss:
         labels = batch[1] if len(batch) > 1 else None
         b = x0.shape[0]
         t = sample_times(self.schedule, b, generator, method=self.time_sampling).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = noise.randn(x0.shape, generator, dtype=x0.dtype).to(x0.device)
         x_t = self.schedule.add_noise(x0, t, eps)
         cond = {}
         if labels is not None:
@@ -112,7 +128,7 @@ class DiffusionLoss:
             if num_classes is None:
                 raise ValueError("batch has class labels but the network is unconditional (num_classes=None)")
             if self.label_dropout > 0:
-                drop = torch.rand(b, generator=generator) < self.label_dropout
+                drop = _per_example(generator, b, lambda n, g: torch.rand(n, generator=g)) < self.label_dropout
                 labels = torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
             cond["class_labels"] = labels
         out = self.denoiser(net).raw(x_t, t, **cond)

@@ -90,6 +90,7 @@ def save_trainer(trainer: Trainer, target: Path) -> Path | None:
                 "stopped_early": trainer.stopped_early,
                 "train_seconds": trainer._seconds(),
                 "evals": trainer._evals,
+                "grad_scaler": trainer.grad_scaler.state_dict() if trainer.grad_scaler is not None else None,
             },
             extra_tensors=extra_tensors,
         )
@@ -130,7 +131,10 @@ def restore_trainer(trainer: Trainer, path_dir: str | Path) -> dict:
 
     saved_cfg = meta.get("train_config") or {}
     now_cfg = trainer.config.to_dict()
-    changed = [k for k in TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != now_cfg[k]]
+    per_example = now_cfg.get("loss_noise") == "per_example" and saved_cfg.get("loss_noise") == "per_example"
+    # with per-example noise the micro-batching is not part of the trajectory (only float reduction order)
+    free = ("grad_accum_steps",) if per_example else ()
+    changed = [k for k in TRAJECTORY_FIELDS if k in saved_cfg and k not in free and saved_cfg[k] != now_cfg[k]]
     saved_ws = meta.get("world_size", 1)
     if changed and trainer.is_main:
         warnings.warn(f"resuming with changed {changed}; the continuation is not bit-exact",
@@ -158,12 +162,14 @@ def restore_trainer(trainer: Trainer, path_dir: str | Path) -> dict:
             torch.cuda.set_rng_state(tensors[f"rng.torch_cuda.{per_rank}"], trainer.device)
     else:
         trainer.loss_generator.manual_seed(derive_seed(trainer.config.seed, "loss", trainer.rank, trainer.step))
-        if trainer.is_main:
+        if trainer.is_main and not per_example:  # per-example noise is defined by the global batch: nothing lost
             warnings.warn(
                 f"checkpoint was written with world size {saved_ws}, now {trainer.world_size}: "
                 "loss generators are re-seeded and the continuation is not bit-exact",
                 RuntimeWarning, stacklevel=3,
             )
+    if trainer.grad_scaler is not None and meta.get("grad_scaler"):
+        trainer.grad_scaler.load_state_dict(meta["grad_scaler"])
     trainer._loss_history = tensors.get("history.loss", torch.zeros(0)).tolist()
     trainer._grad_norm_history = tensors.get("history.grad_norm", torch.zeros(0)).tolist()
     trainer._evals = list(meta.get("evals") or [])

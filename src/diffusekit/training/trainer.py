@@ -29,6 +29,22 @@ size and rank ``r`` gets the ``r``-th contiguous slice of every global batch, so
 optimisation trajectory does not depend on how many processes share the work (up to
 floating-point reduction order and the per-rank loss noise).
 
+Gradient accumulation and world-size-free noise. With ``grad_accum_steps = A`` each rank's slice is
+run as A consecutive micro-batches of ``batch_size / (world_size * A)`` examples; micro-batch losses
+are scaled by ``1 / A`` and their gradients summed (DDP synchronises only on the last one), so the
+update is the gradient of the mean loss over the global batch, as with ``A = 1``. With
+``loss_noise="per_example"`` the loss noise of the example at position ``j`` of the global batch of
+step ``s`` comes from its own generator seeded by ``(seed, s, j)``: the whole step is then a
+function of the global batch only, so a run at world size 2, at world size 1, with accumulation, or
+resumed at another world size follows the same loss curve up to float reduction order (tested).
+The data order is always global (one permutation, drawn from the data generator on every rank), and
+each rank reads only its own rows of it (``data`` may be memory-mapped, see :mod:`diffusekit.data.user`).
+
+Precision. ``precision`` bf16 / fp16 runs ``loss_fn`` under ``torch.autocast`` (weights, optimizer
+and EMA stay fp32); fp16 adds a dynamic gradient scaler whose overflowing steps are skipped (the step
+still counts; its state is checkpointed). ``channels_last`` and ``compile`` change the memory format
+and the kernels, not the function computed.
+
 LR schedule: for optimizer step ``s`` (1-based) ``lr_s = lr * min(1, s / warmup_steps)``
 (constant ``lr`` when ``warmup_steps == 0``); the first step therefore already moves.
 
@@ -61,6 +77,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import runtime
 from ..io import atomic_write_text
 from . import distributed as dist_utils
 from .config import TrainConfig
@@ -71,7 +88,7 @@ THREAD_CHECK_STEPS = 5  # how often a thread governor is consulted (it acts at m
 
 __all__ = ["LOG_FILE", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingInterrupted"]
 
-LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], torch.Generator], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], torch.Generator | list[torch.Generator]], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module, int], Mapping[str, float]]
 
 class TrainingDivergedError(RuntimeError):
@@ -85,8 +102,9 @@ class Trainer:
     """Generic training loop; see the module docstring for the exact semantics.
 
     ``loss_fn(model, batch, generator) -> Tensor[B]`` returns per-example losses for the
-    local batch (the trainer averages them); all its randomness must come from
-    ``generator``, a CPU generator (e.g. ``torch.randn(x.shape, generator=generator).to(x.device)``). Under
+    local (micro-)batch (the trainer averages them); all its randomness must come from
+    ``generator``, a CPU generator (e.g. ``torch.randn(x.shape, generator=generator).to(x.device)``), or
+    with ``loss_noise="per_example"`` a list of B CPU generators, one per example. Under
     DDP ``model`` is the DistributedDataParallel wrapper -- call it, and reach the
     underlying module as ``model.module`` if needed. ``eval_fn(model, step) -> dict``
     gets the EMA model when EMA is on (else the raw model in eval mode) and runs on the
@@ -160,11 +178,13 @@ class Trainer:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if config.batch_size % self.world_size:
+        if config.batch_size % (self.world_size * config.grad_accum_steps):
             raise ValueError(
-                f"batch_size={config.batch_size} (global) must be divisible by the world size {self.world_size}"
+                f"batch_size={config.batch_size} (global) must be divisible by the world size {self.world_size} "
+                f"times grad_accum_steps={config.grad_accum_steps}"
             )
         self.local_batch_size = config.batch_size // self.world_size
+        self.micro_batch_size = self.local_batch_size // config.grad_accum_steps
         if self.num_examples < config.batch_size:
             raise ValueError(f"dataset has {self.num_examples} examples, fewer than batch_size={config.batch_size}")
         if config.checkpoint_every and self.out_dir is None:
@@ -172,6 +192,10 @@ class Trainer:
 
         self.model = model
         self.device = params[0].device
+        runtime.autocast_dtype(config.precision)  # checks the name
+        self.grad_scaler = runtime.grad_scaler(self.device, config.precision)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -180,6 +204,9 @@ class Trainer:
             self.train_model: torch.nn.Module = DistributedDataParallel(model, device_ids=device_ids)
         else:
             self.train_model = model
+        self._ddp_model = self.train_model
+        if config.compile:
+            self.train_model = runtime.compile_module(self.train_model, self.device)
 
         # The EMA copy is made after the DDP broadcast so it is identical on every rank.
         self.ema_model: torch.nn.Module | None = None
@@ -223,7 +250,8 @@ class Trainer:
         """The trainer-owned generators, by name."""
         return {"data": self.data_generator, "loss": self.loss_generator}
 
-    def _next_batch(self) -> tuple[torch.Tensor, ...]:
+    def _next_batch(self) -> tuple[tuple[torch.Tensor, ...], range]:
+        """This rank's slice of the next global batch, and the slice's positions in the global batch."""
         b = self.config.batch_size
         if self._perm is None or self._cursor + b > self.num_examples:
             self._perm = torch.randperm(self.num_examples, generator=self.data_generator)
@@ -233,7 +261,18 @@ class Trainer:
         self._cursor += b
         lo = self.rank * self.local_batch_size
         idx = idx[lo:lo + self.local_batch_size]
-        return tuple(t[idx.to(t.device)].to(self.device) for t in self.data)
+        # sorted reads are kinder to a memory-mapped file; the rows go back into permutation order after
+        order, inverse = torch.sort(idx)[0], torch.argsort(torch.argsort(idx))
+        batch = tuple(t[order.to(t.device)][inverse.to(t.device)].to(self.device) for t in self.data)
+        if self.config.channels_last:
+            batch = tuple(runtime.to_channels_last(t) for t in batch)
+        return batch, range(lo, lo + self.local_batch_size)
+
+    def example_generators(self, step: int, positions: Sequence[int]) -> list[torch.Generator]:
+        """``loss_noise="per_example"``: one CPU generator per example, seeded by (seed, step, position in the
+        global batch), so an example's noise does not depend on which rank or micro-batch computes it."""
+        return [torch.Generator().manual_seed(derive_seed(self.config.seed, "loss-example", step, j))
+                for j in positions]
 
     # ---------------------------------------------------------------------------- EMA
 
@@ -422,25 +461,45 @@ class Trainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self._next_batch()
-        losses = self.loss_fn(self.train_model, batch, self.loss_generator)
-        if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (self.local_batch_size,):
-            got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-            raise ValueError(f"loss_fn must return per-example losses of shape ({self.local_batch_size},), got {got}")
-        loss = losses.mean()
-        # Averaged over ranks: the logged value, and one divergence verdict for all ranks.
-        loss_value = loss.detach().float()
+        batch, positions = self._next_batch()
+        accum, m = self.config.grad_accum_steps, self.micro_batch_size
+        scaler = self.grad_scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float32)
+        for k in range(accum):
+            micro = tuple(t[k * m:(k + 1) * m] for t in batch) if accum > 1 else batch
+            if self.config.loss_noise == "per_example":
+                generator = self.example_generators(step, positions[k * m:(k + 1) * m])
+            else:
+                generator = self.loss_generator
+            last = k == accum - 1
+            sync = self._ddp_model.no_sync() if self.distributed and not last else nullcontext()
+            with sync:
+                with runtime.autocast(self.device, self.config.precision):
+                    losses = self.loss_fn(self.train_model, micro, generator)
+                if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (m,):
+                    got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+                    raise ValueError(f"loss_fn must return per-example losses of shape ({m},), got {got}")
+                loss = losses.float().mean() / accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += loss.detach().float().cpu()
+        # Averaged over ranks: the logged value, and one divergence verdict for all ranks (before the update).
+        loss_value = loss_sum
         if self.distributed:
             loss_value = dist_utils.all_reduce_sum(loss_value) / self.world_size
         loss_value = loss_value.item()
         if not math.isfinite(loss_value):
             raise TrainingDivergedError(f"loss is {loss_value} at step {step}; {self._kept()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
         grad_norm = self._grad_norm().item()  # DDP grads are synced: same on all ranks
-        if not math.isfinite(grad_norm):
-            raise TrainingDivergedError(f"gradient norm is {grad_norm} at step {step}; {self._kept()}")
-        self.optimizer.step()
+        if scaler is not None:  # an fp16 overflow skips this update and lowers the scale; it is not divergence
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            if not math.isfinite(grad_norm):
+                raise TrainingDivergedError(f"gradient norm is {grad_norm} at step {step}; {self._kept()}")
+            self.optimizer.step()
         self._ema_update()
         self.step = step
         self._loss_history.append(loss_value)
