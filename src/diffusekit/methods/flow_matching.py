@@ -82,7 +82,8 @@ def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: floa
 
     Sinkhorn runs as in torchcfm (POT's default solver and iteration cap). Where exp(-C/reg) underflows (a small
     reg against the batch's costs) that solver returns a plan with empty rows or columns; then the plan is solved
-    again in the log domain (``method="sinkhorn_log"``). A plan that is still not finite or has zero mass is
+    again with log-domain epsilon scaling (``method="sinkhorn_epsilon_scaling"``, Schmitzer 2019, arXiv
+    1610.06519), which reaches small regs. A plan that is still not finite or has zero mass is
     replaced by the uniform plan a b^T with a ``RuntimeWarning`` (independent pairs for that batch), where
     torchcfm would fail on NaN probabilities.
     """
@@ -100,8 +101,9 @@ def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: floa
         warnings.simplefilter("always")
         plan = np.asarray(ot.sinkhorn(a, b, cost, reg), dtype=np.float64)
     if _starved(plan, a, b):
-        with np.errstate(all="ignore"):
-            plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log")
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", UserWarning)  # the inner solves of the annealing warn by design
+            plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_epsilon_scaling")
     else:
         for w in caught:  # POT's own warnings (e.g. "did not converge") for the plan we keep
             warnings.warn(w.message, w.category, stacklevel=2)
