@@ -200,6 +200,26 @@ def test_cfm_loss_is_the_matcher_regression_and_carries_labels():
         CFMLoss(IndependentCFM(), source="data").denoiser(net)
 
 
+def test_per_example_generators_make_independent_cfm_split_invariant():
+    """With one generator per example (the Trainer's loss_noise="per_example") an example's loss does not depend
+    on the batch it sits in for independent pairs; a minibatch OT coupling does (that is the method)."""
+    net = build_net({"name": "mlp", "dim": 2, "hidden": 16, "depth": 1}).double()
+    torch.nn.init.normal_(net.out.weight)
+    _, x1 = _batch((10, 2))
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + k) for k in range(10)]
+
+    for name, invariant in (("independent", True), ("vp", True), ("ot", False)):
+        loss = CFMLoss(make_matcher(name))
+        whole = loss(net, (x1,), gens())
+        g = gens()
+        halves = torch.cat([loss(net, (x1[:5],), g[:5]), loss(net, (x1[5:],), g[5:])])
+        assert torch.allclose(whole, halves, rtol=1e-12, atol=0) == invariant, name
+    with pytest.raises(ValueError, match="got 3 generators for a batch of 10"):
+        CFMLoss(make_matcher("independent"))(net, (x1,), gens()[:3])
+
+
 def test_denoiser_view_euler_and_ddim_reproduce_plain_euler_on_the_field():
     torch.manual_seed(0)
     net = build_net({"name": "mlp", "dim": 2, "hidden": 32, "depth": 2}).double()

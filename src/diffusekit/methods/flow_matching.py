@@ -25,7 +25,9 @@ Matchers (Tong et al. Tab. 1; names as in torchcfm):
 
 Random draws: with ``generator=None`` the draws happen exactly as torchcfm 1.0.7 makes them (plan indices from
 NumPy's global RNG via ``np.random.choice``, then t = ``torch.rand``, then eps = ``torch.randn_like``), so seeding
-both global RNGs reproduces torchcfm elementwise. With a ``torch.Generator`` every draw comes from it.
+both global RNGs reproduces torchcfm elementwise. With a ``torch.Generator`` every draw comes from it; with a list
+of B generators (the trainer's ``loss_noise="per_example"``) example k's pair index, t and eps come from generator k.
+The OT and SB couplings still depend on the whole (micro-)batch: that is the method.
 
 ``CFMLoss`` is a ``Trainer`` loss; ``CFMLoss.denoiser`` views a velocity network trained with a Gaussian source as
 a diffusekit ``Denoiser`` on ``FlowSchedule`` (our time s = 1 - t, our x0 = the data), so every sampler applies.
@@ -41,11 +43,21 @@ import ot
 import torch
 
 from ..core import FlowSchedule, NetworkDenoiser
+from ..core.noise import GeneratorArg, randn
 
 __all__ = ["IndependentCFM", "ExactOTCFM", "SchrodingerBridgeCFM", "TargetCFM", "VPCFM", "MATCHERS",
            "make_matcher", "ot_plan", "sample_plan", "CFMLoss", "CFMDenoiser", "integrate_flow"]
 
 PLAN_METHODS = ("exact", "sinkhorn")
+
+
+def _uniform(n: int, generator: GeneratorArg) -> torch.Tensor:
+    """U[0, 1) float32 draws of shape (n,) from the global RNG, one generator, or one generator per draw."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for a batch of {n}; give one per example")
+        return torch.cat([torch.rand(1, generator=g) for g in generator])
+    return torch.rand(n, generator=generator)
 
 
 def _pad(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -111,14 +123,14 @@ def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: floa
 
 
 def sample_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: float = 0.05, *,
-                generator: torch.Generator | None = None, num_pairs: int | None = None,
+                generator: GeneratorArg = None, num_pairs: int | None = None,
                 plan: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i, j) ~ pi drawn with replacement from the minibatch OT plan (``ot_plan``); returns two
     LongTensors of shape (num_pairs,) (default B0), so (x0[i], x1[j]) is a coupled minibatch.
 
     ``generator=None`` draws like torchcfm's ``OTPlanSampler.sample_map`` (``np.random.choice`` on the flattened,
-    renormalised plan, NumPy's global RNG); a ``torch.Generator`` draws with ``torch.multinomial``. ``plan``
-    skips the solve (a plan from ``ot_plan``).
+    renormalised plan, NumPy's global RNG); a ``torch.Generator`` draws with ``torch.multinomial``, a list of
+    generators draws pair k from generator k. ``plan`` skips the solve (a plan from ``ot_plan``).
     """
     pi = ot_plan(x0, x1, method, reg) if plan is None else _usable(plan, "given", reg)
     n = x0.shape[0] if num_pairs is None else int(num_pairs)
@@ -126,7 +138,13 @@ def sample_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: 
     if generator is None:
         flat = torch.from_numpy(np.random.choice(pi.size, p=p, size=n, replace=True))
     else:
-        flat = torch.multinomial(torch.from_numpy(p), n, replacement=True, generator=generator)
+        weights = torch.from_numpy(p)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} pairs; give one per pair")
+            flat = torch.cat([torch.multinomial(weights, 1, generator=g) for g in generator])
+        else:
+            flat = torch.multinomial(weights, n, replacement=True, generator=generator)
     i, j = flat // pi.shape[1], flat % pi.shape[1]
     return i.to(x0.device), j.to(x1.device)
 
@@ -172,7 +190,7 @@ class IndependentCFM:
         return self.mu_t(x0, x1, t) + _pad(self.sigma_t(t), x0) * eps
 
     # --- the coupling -----------------------------------------------------------------------------
-    def couple(self, x0: torch.Tensor, x1: torch.Tensor, generator: torch.Generator | None = None):
+    def couple(self, x0: torch.Tensor, x1: torch.Tensor, generator: GeneratorArg = None):
         """Index pairs (i, j) of the coupling, or None for the pairs as given (independent)."""
         return None
 
@@ -181,19 +199,18 @@ class IndependentCFM:
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"x0 and x1 need the same batch size; got {x0.shape[0]} and {x1.shape[0]}")
         if t is None:
-            t = (torch.rand(x0.shape[0]) if generator is None else torch.rand(x0.shape[0], generator=generator))
-            t = t.type_as(x0)
+            t = _uniform(x0.shape[0], generator).type_as(x0)
         elif t.shape != (x0.shape[0],):
             raise ValueError(f"t must have shape ({x0.shape[0]},) (one time per sample); got {tuple(t.shape)}")
         if generator is None:
             eps = torch.randn_like(x0)
         else:
-            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            eps = randn(x0.shape, generator, dtype=x0.dtype, device=x0.device)
         xt = self.sample_xt(x0, x1, t, eps)
         return t, xt, self.conditional_flow(x0, x1, t, xt), eps
 
     def sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | None = None,
-                                             *, generator: torch.Generator | None = None, return_noise: bool = False):
+                                             *, generator: GeneratorArg = None, return_noise: bool = False):
         """Couple (x0, x1), draw t ~ U[0, 1) (unless given, shape (B,)) and eps ~ N(0, I); return (t, x_t, u_t)
         or (t, x_t, u_t, eps), with x_t, u_t, eps shaped like x0 (B, ...). Draw order: pairs, t, eps."""
         pairs = self.couple(x0, x1, generator)
@@ -204,7 +221,7 @@ class IndependentCFM:
 
     def guided_sample_location_and_conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, y0=None, y1=None,
                                                     t: torch.Tensor | None = None, *,
-                                                    generator: torch.Generator | None = None,
+                                                    generator: GeneratorArg = None,
                                                     return_noise: bool = False):
         """As ``sample_location_and_conditional_flow``, carrying labels y0 (of x0) and y1 (of x1) through the
         coupling: returns (t, x_t, u_t, y0, y1) or (t, x_t, u_t, y0, y1, eps)."""
@@ -351,7 +368,8 @@ class CFMLoss:
 
         L_i = mean_j (v_theta(x_t, 1000 t)_j - u_t(x_t | x0, x1)_j)^2,   (t, x_t, u_t) from ``matcher``.
 
-    ``loss(net, batch, generator) -> Tensor[B]``. ``source="gaussian"``: batch = (x1,) or (x1, labels), x0 ~ N(0, I)
+    ``loss(net, batch, generator) -> Tensor[B]`` (``generator``: one CPU generator or one per example, as the
+    ``Trainer`` passes them). ``source="gaussian"``: batch = (x1,) or (x1, labels), x0 ~ N(0, I)
     drawn from ``generator``; labels follow x1 through the coupling and go to the net as ``class_labels`` (with
     probability ``label_dropout`` replaced by the null class ``num_classes`` for classifier-free guidance).
     ``source="data"``: batch = (x0, x1) or (x0, x1, labels of x1). Draw order: x0 noise, pairs, t, eps, dropout.
@@ -377,10 +395,10 @@ class CFMLoss:
                              "dx/dt = v(x, 1000 t) from a source sample instead (e.g. with ``integrate_flow``)")
         return CFMDenoiser(net)
 
-    def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, net: torch.nn.Module, batch, generator: GeneratorArg = None) -> torch.Tensor:
         if self.source == "gaussian":
             x1, labels = batch[0], (batch[1] if len(batch) > 1 else None)
-            x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype).to(x1.device)
+            x0 = randn(x1.shape, generator, dtype=x1.dtype, device=x1.device)
         else:
             if len(batch) < 2:
                 raise ValueError("source='data' needs batches (x0, x1) or (x0, x1, labels)")
@@ -393,7 +411,7 @@ class CFMLoss:
             if num_classes is None:
                 raise ValueError("batch has class labels but the network is unconditional (num_classes=None)")
             if self.label_dropout > 0:
-                drop = torch.rand(labels.shape[0], generator=generator) < self.label_dropout
+                drop = _uniform(labels.shape[0], generator) < self.label_dropout
                 labels = torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
             cond["class_labels"] = labels
         dtype = next(net.parameters()).dtype
