@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,8 +82,11 @@ def schedule_from_diffusers_config(config: dict, *, terminal_abar: str | None = 
     """Our schedule for a diffusers scheduler config (a dict, or a scheduler's ``.config``).
 
     ``terminal_abar`` for zero-terminal-SNR configs: "zero" (exact abar_{N-1} = 0, DDIM/DDPM) or "tiny"
-    (2^-24 as diffusers' DPM-Solver multistep, UniPC and Euler schedulers set it); default: the config's class.
+    (2^-24 as diffusers' DPM-Solver multistep, UniPC and Euler schedulers set it); default: the config's class
+    (``_class_name``; a scheduler instance may be passed instead of its config).
     """
+    if hasattr(config, "config") and not isinstance(config, dict):
+        config = {**dict(config.config), "_class_name": type(config).__name__}
     config = dict(config)
     if is_flow_config(config):
         n = int(config.get("num_train_timesteps", 1000))
@@ -92,14 +96,22 @@ def schedule_from_diffusers_config(config: dict, *, terminal_abar: str | None = 
     betas = diffusers_betas(config)
     if not config.get("rescale_betas_zero_snr", False):
         return VPDiscrete(betas, beta_schedule=config.get("beta_schedule"))
+    zero = VPDiscrete(betas, zero_terminal_snr=True, beta_schedule=config.get("beta_schedule"))
+    abar = zero.alphas_cumprod.clone()
+    representable = float(abar[-2]) > 2.0**-24  # diffusers' 2^-24 can exceed abar_{N-2} (linear betas)
     if terminal_abar is None:
         terminal_abar = "tiny" if config.get("_class_name") in TINY_TERMINAL_ABAR else "zero"
+        if terminal_abar == "tiny" and not representable:
+            warnings.warn(f"{config.get('_class_name')} sets abar_(N-1) = 2^-24 above abar_(N-2) = "
+                          f"{float(abar[-2]):.3g} (not a monotone schedule); using the exact zero terminal SNR, "
+                          "which differs from diffusers at the first step by alpha = 2^-12", stacklevel=2)
+            terminal_abar = "zero"
     if terminal_abar == "zero":
-        return VPDiscrete(betas, zero_terminal_snr=True, beta_schedule=config.get("beta_schedule"))
+        return zero
     if terminal_abar != "tiny":
         raise ValueError(f"terminal_abar must be 'zero' or 'tiny'; got {terminal_abar!r}")
-    zero = VPDiscrete(betas, zero_terminal_snr=True)
-    abar = zero.alphas_cumprod.clone()
+    if not representable:
+        raise ValueError(f"abar_(N-1) = 2^-24 exceeds abar_(N-2) = {float(abar[-2]):.3g}: not a monotone schedule")
     abar[-1] = 2.0**-24
     return VPDiscrete(1 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]]),
                       beta_schedule=config.get("beta_schedule"))
