@@ -15,11 +15,12 @@ torchcfm = pytest.importorskip("torchcfm.conditional_flow_matching")
 from diffusekit.core import grid_uniform  # noqa: E402
 from diffusekit.data.toys import load_gmm_ring8  # noqa: E402
 from diffusekit.methods.flow_matching import (CFMDenoiser, CFMLoss, ExactOTCFM, IndependentCFM,  # noqa: E402
-                                              SchrodingerBridgeCFM, integrate_flow, make_matcher, ot_plan,
-                                              sample_plan)
+                                              SchrodingerBridgeCFM, cfm_extra_config, integrate_flow,
+                                              load_cfm_denoiser, make_matcher, ot_plan, sample_plan)
 from diffusekit.nets import build_net  # noqa: E402
-from diffusekit.samplers import sample_ddim, sample_euler  # noqa: E402
+from diffusekit.samplers import sample_ddim, sample_euler, sample_heun  # noqa: E402
 from diffusekit.training import TrainConfig, Trainer  # noqa: E402
+from diffusekit.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def _batch(shape=(48, 2), seed=0, dtype=torch.float64):
@@ -236,6 +237,34 @@ def test_denoiser_view_euler_and_ddim_reproduce_plain_euler_on_the_field():
         s = torch.full((64,), 0.3, dtype=torch.float64)
         x0_hat = den(x0, s)
         torch.testing.assert_close(x0_hat, x0 + 0.3 * net(x0, torch.full((64,), 700.0, dtype=torch.float64)))
+
+
+def test_denoiser_view_is_the_same_ode_for_higher_order_samplers_and_round_trips_a_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    net = build_net({"name": "mlp", "dim": 2, "hidden": 32, "depth": 2, "num_classes": 3}).double()
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    loss = CFMLoss(make_matcher("sb", 0.5))
+    den = loss.denoiser(net)
+    x0 = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(32) % 3
+    with torch.no_grad():
+        # plain Euler on v converges at first order to Heun's solution on the Denoiser view: the same ODE
+        ref = sample_heun(den, x0, grid_uniform(den.schedule, 1600, t_start=1.0, t_end=0.0),
+                          cond={"class_labels": labels})
+        errors = [float((integrate_flow(net, x0, n, cond={"class_labels": labels}) - ref).abs().max())
+                  for n in (200, 400, 800)]
+        assert errors[-1] < 1e-3
+        assert all(1.7 < e0 / e1 < 2.3 for e0, e1 in zip(errors, errors[1:])), errors
+        save_checkpoint(tmp_path / "ck", model=net, ema_model=net, optimizer=None, step=0,
+                        extra_config=cfm_extra_config(loss))
+        tensors, meta = load_checkpoint(tmp_path / "ck")
+        loaded = load_cfm_denoiser(tensors, meta, tmp_path / "ck")
+        assert isinstance(loaded, CFMDenoiser) and not loaded.net.training
+        # the rebuilt network is float32 (build_net's default), the saved one float64
+        torch.testing.assert_close(loaded(x0, 0.4, class_labels=labels), den(x0, 0.4, class_labels=labels),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(CheckpointError, match="not a flow-matching checkpoint"):
+        load_cfm_denoiser(tensors, {**meta, "extra_config": {"kind": "trained"}}, tmp_path / "ck")
 
 
 # ------------------------------------------------------------------------------------------------

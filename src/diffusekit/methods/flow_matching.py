@@ -46,7 +46,8 @@ from ..core import FlowSchedule, NetworkDenoiser
 from ..core.noise import GeneratorArg, randn
 
 __all__ = ["IndependentCFM", "ExactOTCFM", "SchrodingerBridgeCFM", "TargetCFM", "VPCFM", "MATCHERS",
-           "make_matcher", "ot_plan", "sample_plan", "CFMLoss", "CFMDenoiser", "integrate_flow"]
+           "make_matcher", "ot_plan", "sample_plan", "CFMLoss", "CFMDenoiser", "integrate_flow", "CFM_KIND",
+           "cfm_extra_config", "load_cfm_denoiser"]
 
 PLAN_METHODS = ("exact", "sinkhorn")
 
@@ -436,3 +437,35 @@ def integrate_flow(net: torch.nn.Module, x0: torch.Tensor, steps: int, *, t_star
         x = x + h * net(x.to(dtype), t_in, **cond).to(x.dtype)
         path.append(x)
     return (x, torch.stack(path)) if return_path else x
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints (``diffusekit sample/eval --model DIR`` through ``cli._CHECKPOINT_LOADERS["cfm"]``)
+
+CFM_KIND = "cfm"
+
+
+def cfm_extra_config(loss: CFMLoss) -> dict:
+    """The ``extra_config`` of a training checkpoint of a CFM velocity network: kind "cfm" and the loss config."""
+    return {"kind": CFM_KIND, "loss": loss.config()}
+
+
+def load_cfm_denoiser(tensors: dict[str, torch.Tensor], meta: dict, path) -> CFMDenoiser:
+    """A :class:`CFMDenoiser` from a loaded CFM checkpoint (``training.checkpoint.load_checkpoint``'s (tensors, meta)
+    of folder ``path``): EMA weights when present, eval mode. Raises CheckpointError (a UserError) for a checkpoint
+    that is not a Gaussian-source CFM one."""
+    from ..nets import build_net
+    from ..training.checkpoint import CheckpointError, load_state_strict
+
+    extra = meta.get("extra_config") or {}
+    loss = extra.get("loss") or {}
+    if extra.get("kind") != CFM_KIND or loss.get("objective") != "cfm" or not meta.get("model_config"):
+        raise CheckpointError(f"{path}: not a flow-matching checkpoint (needs extra_config kind 'cfm', the CFM loss "
+                              "config and a model_config)")
+    if loss.get("source") != "gaussian":
+        raise CheckpointError(f"{path}: a data-to-data flow (source {loss.get('source')!r}) has no Gaussian prior "
+                              "to sample from; integrate it from source samples with integrate_flow")
+    net = build_net(meta["model_config"])
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
+    return CFMDenoiser(net.eval())
