@@ -1,12 +1,12 @@
-"""``diffusekit train``: a diffusion model on a bundled dataset, from a YAML config and/or flags.
+"""``diffusekit train``: a diffusion model on a bundled dataset or your own data, from a YAML config and/or flags.
 
 A YAML config has up to six entries, each optional, and flags override single fields:
 
-    data:     {name: digits, n: null, options: {}}
+    data:     {name: digits, n: null, options: {}}       # or folder:PATH / npz:PATH / csv:PATH (data.user)
     net:      {name: unet, base_channels: 32, ...}       # default: MLP for vectors, UNet for images/signals
     schedule: {name: vp_discrete, beta_schedule: linear, num_train_timesteps: 1000}
     loss:     {prediction: eps, weighting: uniform, label_dropout: 0.1}
-    train:    {steps: 2000, batch_size: 128, lr: 0.002, ...}   # TrainConfig fields
+    train:    {steps: 2000, batch_size: 128, lr: 0.002, grad_accum_steps: 1, precision: fp32, ...}  # TrainConfig
     conditional: true                                     # train on the dataset's class labels
 
 The output folder gets ``config.yaml`` (the resolved config, written before training starts),
@@ -14,7 +14,9 @@ The output folder gets ``config.yaml`` (the resolved config, written before trai
 Ctrl-C / SIGTERM), ``log.jsonl`` and ``loss.png``. ``diffusekit train --out DIR --resume`` continues the
 run from its checkpoint with the saved ``config.yaml``; flags given with it override single fields (e.g.
 ``--steps`` to train longer). A folder that holds other files is refused unless ``--overwrite``. Under
-``torchrun`` every rank trains on its shard and rank 0 writes.
+``torchrun`` (or ``accelerate launch``, see docs/distributed.md) every rank trains on its shard and rank 0
+writes; new runs use per-example loss noise (``train.loss_noise``), so a checkpoint resumes at any world size.
+``--device`` is a property of the machine, not of the run: it is not saved in config.yaml.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ DEFAULT_BATCH_SIZE = 128
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .data import available_datasets
-    from .training.config import DEFAULT_CHECKPOINT_EVERY, TrainConfig
+    from .nets import NETS
+    from .runtime import DEVICES
+    from .training.config import DEFAULT_CHECKPOINT_EVERY, PRECISIONS, TrainConfig
 
     d = TrainConfig(steps=1, batch_size=1)
     p.add_argument("--config", default=None, help="YAML config (sections: " + ", ".join(SECTIONS) + "; see "
@@ -49,11 +53,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out folder that already holds files (replaces its run files)")
     p.add_argument("--data", default=None, help="dataset, one of: " + ", ".join(available_datasets())
-                   + " (default: digits)")
+                   + "; or your own: folder:PATH (PNG/JPEG, class subfolders -> labels), npz:PATH (x, optional y), "
+                   "csv:PATH (series windows) (default: digits)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side length for folder: data (center crop, then resize); sets data option size "
+                        "(default: keep the images' common size)")
     p.add_argument("--num-examples", type=int, default=None,
                    help="number of training examples (default: the dataset's own)")
-    p.add_argument("--net", default=None, choices=["mlp", "unet"],
-                   help="network family (default: mlp for vectors, unet for images and signals)")
+    p.add_argument("--net", "--backbone", dest="net", default=None,
+                   help="network family, one of: " + ", ".join(sorted(NETS)) + " (default: mlp for vectors, unet for "
+                   "images and signals)")
     p.add_argument("--schedule", default=None, choices=["vp_discrete", "vp_linear", "ve", "flow"],
                    help="noise schedule (default: vp_discrete, linear betas, 1000 steps)")
     p.add_argument("--prediction", default=None, help="eps, x0, v, score, velocity or edm (default: eps)")
@@ -73,6 +82,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"steps between checkpoints; 0: only at the end and on Ctrl-C/SIGTERM "
                         f"(default: {DEFAULT_CHECKPOINT_EVERY})")
+    p.add_argument("--grad-accum-steps", type=int, default=None,
+                   help="split each rank's share of the (global) --batch-size into this many micro-batches "
+                        f"(default: {d.grad_accum_steps})")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto: cuda, else mps, else cpu (not saved with the run)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help=f"autocast precision of the forward pass (default: {d.precision})")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels-last memory format for image networks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -111,11 +130,14 @@ def resolve_config(args) -> dict:
         data["name"] = args.data
     if args.num_examples is not None:
         data["n"] = args.num_examples
+    if getattr(args, "size", None) is not None:
+        data["options"] = {**(data.get("options") or {}), "size": args.size}
     data.setdefault("name", "digits")
     if args.conditional is not None:
         cfg["conditional"] = True
-    if args.net is not None and cfg.get("net", {}).get("name") != args.net:
-        cfg["net"] = {"name": args.net}
+    net_name = args.net.replace("-", "_") if args.net is not None else None  # --backbone diffusers-unet2d
+    if net_name is not None and cfg.get("net", {}).get("name") != net_name:
+        cfg["net"] = {"name": net_name}
     if args.schedule is not None:
         cfg["schedule"] = {"name": args.schedule}
     cfg.setdefault("schedule", {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000})
@@ -125,14 +147,17 @@ def resolve_config(args) -> dict:
             loss[key] = getattr(args, key)
     loss.setdefault("prediction", "eps")
     train = cfg.setdefault("train", {})
-    for key in ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed", "max_seconds", "checkpoint_every"):
-        if getattr(args, key) is not None:
+    for key in ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed", "max_seconds", "checkpoint_every",
+                "grad_accum_steps", "precision", "compile", "channels_last"):
+        if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
     from .training.config import DEFAULT_CHECKPOINT_EVERY
 
     train.setdefault("steps", DEFAULT_STEPS)
     train.setdefault("batch_size", DEFAULT_BATCH_SIZE)
     train.setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+    if not args.resume:  # a run saved before per-example noise existed keeps the noise it was trained with
+        train.setdefault("loss_noise", "per_example")
     if args.no_progress:
         train["progress"] = False
     check_config(cfg)
@@ -214,9 +239,24 @@ def check_config(cfg: dict) -> None:
 
 
 def default_net(x_shape: tuple, num_classes: int | None, net: dict | None) -> dict:
-    """Fill a net config from the data shape: MLP for (N, D), UNet for (N, C, H, W) or (N, C, L)."""
+    """Fill a net config from the data shape: MLP for (N, D), UNet for (N, C, H, W) or (N, C, L); another
+    registered family (e.g. a diffusers backbone) gets whichever of ``in_channels``, ``image_size`` /
+    ``sample_size`` and ``num_classes`` its constructor takes."""
     net = dict(net or {})
     family = net.get("name") or ("mlp" if len(x_shape) == 2 else "unet")
+    if family not in ("mlp", "unet"):
+        keys = _net_keys(family)
+        if len(x_shape) != 4:
+            raise UserError(f"the {family} net takes images (N, C, H, W); this data has shape {x_shape}")
+        shape_keys = {"in_channels": x_shape[1], "out_channels": x_shape[1], "image_size": x_shape[-1],
+                      "sample_size": x_shape[-1]}
+        merged = {"name": family, **{k: v for k, v in shape_keys.items() if k in keys}, **net}
+        if num_classes is not None and "num_classes" not in keys:
+            raise UserError(f"the {family} net takes no class labels; train it without --conditional")
+        if "num_classes" in keys:
+            merged["num_classes"] = num_classes
+        _check_options(f"{family} net", merged, None, ["name", *keys])
+        return merged
     if family == "mlp":
         if len(x_shape) != 2:
             raise UserError(f"the mlp net takes vectors (N, D); this data has shape {x_shape}; use --net unet")
@@ -302,7 +342,7 @@ def run_train(args) -> str | None:
     from .io import atomic_write_text
     from .nets import build_net, count_parameters
     from .plotting import save_loss_plot
-    from .runtime import ThreadGovernor
+    from .runtime import ThreadGovernor, resolve_device
     from .training import distributed
     from .training.config import TrainConfig
     from .training.losses import DiffusionLoss
@@ -331,11 +371,18 @@ def run_train(args) -> str | None:
         train_config = TrainConfig.from_dict(cfg["train"])
         cfg["train"] = {k: v for k, v in train_config.to_dict().items() if k in cfg["train"]}  # "1e-3" -> 0.001
         build_net(cfg["net"])  # the options are checked before DDP starts
+        device = resolve_device(getattr(args, "device", "auto"))
+        if train_config.compile:
+            from .runtime import compile_unavailable_reason
+
+            reason = compile_unavailable_reason(device)
+            if reason is not None:
+                raise UserError(f"--compile: {reason}; run without --compile")
     if is_main and getattr(args, "overwrite", False):  # only once the new run's input is known to be good
         clear_run_files(out)
-    distributed.init_distributed()
+    distributed.init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(train_config.seed)
-    net = build_net(cfg["net"])
+    net = build_net(cfg["net"]).to(device)
     tensors = (dataset.x, dataset.y) if conditional else (dataset.x,)
     with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
         trainer = Trainer(net, loss, tensors, train_config, out_dir=out,

@@ -25,6 +25,9 @@ sunspots        (n, 1, window)       standardised   all windows            windo
 
 Details live in :mod:`.toys`, :mod:`.digits`, :mod:`.patches` and :mod:`.series`.
 
+Your own data: ``folder:PATH`` (PNG/JPEG images, optional class subfolders), ``npz:PATH`` (arrays ``x``
+and optional ``y``) and ``csv:PATH`` (series windows) load through the same call; see :mod:`.user`.
+
 Determinism: the same ``(name, split, n, seed, options)`` always gives identical tensors, and no
 loader reads or advances the global RNG. Random datasets draw from a generator seeded by
 ``(seed, name, split)``, so "train" and "test" are different draws. ``digits``, ``co2`` and
@@ -121,6 +124,10 @@ def _entry(name: Any) -> _Entry:
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The keyword options dataset ``name`` accepts, with their defaults (empty if none)."""
+    from .user import USER_OPTIONS, is_user_spec
+
+    if is_user_spec(name):
+        return dict(USER_OPTIONS[name.partition(":")[0]])
     return dict(_entry(name).options)
 
 
@@ -143,6 +150,12 @@ def load_dataset(name: str, split: str = "train", *, n: int | None = None, seed:
     Raises:
         ValueError: unknown name, split or option, or an invalid value.
     """
+    from .user import is_user_spec
+
+    if is_user_spec(name):  # folder:PATH, npz:PATH, csv:PATH
+        from .user import load_user_dataset
+
+        return load_user_dataset(name, split, n=n, seed=seed, **options)
     entry = _entry(name)
     if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(SPLITS)}")
