@@ -280,3 +280,69 @@ def test_scheduler_config_round_trip_and_errors(tmp_path):
         scheduler.step(torch.zeros(1, 1, 4, 4), scheduler.timesteps[0], torch.zeros(1, 1, 4, 4))
         scheduler.step(torch.zeros(1, 1, 4, 4), scheduler.timesteps[1], torch.ones(1, 1, 4, 4))
     scheduler.close()
+
+
+# ---- diffusers backbones and export ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_diffusers_unet(tmp_path_factory):
+    from diffusekit.cli import main
+
+    out = tmp_path_factory.mktemp("train")
+    assert main(["train", "--data", "digits", "--net", "diffusers_unet2d", "--prediction", "v", "--steps", "3",
+                 "--batch-size", "8", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_export_round_trip_gives_identical_outputs(trained_diffusers_unet, tmp_path):
+    from diffusekit.cli import load_denoiser
+    from diffusekit.interop.cli import add_export_arguments, run_export
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    assert run_export(parser.parse_args(["--model", str(trained_diffusers_unet), "--out", str(tmp_path / "d")])) == 0
+    ours = load_denoiser(str(trained_diffusers_unet))
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "d" / "unet", local_files_only=True)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0.0, 10.0, 500.0, 999.0])
+    with torch.no_grad():
+        assert torch.equal(ours.net(x, t), unet(x, t).sample)
+        back = load_denoiser(f"diffusers:{tmp_path / 'd'}")  # the CLI's diffusers:PATH
+        assert back.prediction == "v"
+        torch.testing.assert_close(back(x, 0.37), ours(x, 0.37), rtol=1e-6, atol=1e-6)
+    pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "d", local_files_only=True)
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), ours.schedule.alphas_cumprod, rtol=1e-5,
+                               atol=1e-7)
+    with pytest.raises(UserError, match="not empty"):
+        run_export(parser.parse_args(["--model", str(trained_diffusers_unet), "--out", str(tmp_path / "d")]))
+
+
+@pytest.mark.parametrize("name", ["diffusers_unet2d", "diffusers_dit"])
+def test_backbones_keep_our_contract(name):
+    from diffusekit.nets import build_net
+
+    net = build_net({"name": name, "in_channels": 1, "image_size": 8, "num_classes": 3})
+    again = build_net(net.config)
+    again.load_state_dict(net.state_dict())
+    assert not any(getattr(m, "dropout_prob", 0) for m in net.modules())  # label dropout is the loss's job
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0])
+    with torch.no_grad():
+        out = net(x, t, class_labels=torch.tensor([0, 2]))
+        null = net(x, t)  # class_labels=None: the null class (index num_classes)
+        assert torch.equal(null, net(x, t, class_labels=torch.tensor([3, 3])))
+        assert torch.equal(out, again(x, t, class_labels=torch.tensor([0, 2])))
+    assert out.shape == x.shape and not torch.equal(out, null)
+
+
+def test_export_refuses_what_diffusers_cannot_express():
+    from diffusekit.interop.export import scheduler_config_for
+
+    with pytest.raises(UserError, match="only discrete VP"):
+        scheduler_config_for({"name": "ve"}, "eps")
+    with pytest.raises(UserError, match="no diffusers prediction_type"):
+        scheduler_config_for({"name": "vp_discrete", "beta_schedule": "linear"}, "edm")
+    cfg = scheduler_config_for({"name": "vp_discrete", "beta_schedule": "scaled_linear", "zero_terminal_snr": True},
+                               "v")
+    ours = schedule_from_diffusers_config({**cfg, "_class_name": "DDIMScheduler"})
+    assert ours.zero_terminal_snr and float(ours.alphas_cumprod[-1]) == 0.0
+    torch.testing.assert_close(ours._source_betas, betas_for("scaled_linear", 1000))

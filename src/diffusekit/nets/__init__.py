@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .diffusers_backbones import DiffusersDiT, DiffusersUNet2D
 from .embedding import TimeClassEmbedding, timestep_embedding
 from .mlp import MLPDenoiserNet
 from .unet import ScaledDotProductAttention, UNet
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet}
+NETS.update({"diffusers_unet2d": DiffusersUNet2D, "diffusers_dit": DiffusersDiT})  # diffusers imported when built
 
 
 def build_net(config: dict) -> nn.Module:
