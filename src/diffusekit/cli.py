@@ -242,21 +242,29 @@ def cmd_sample(args) -> int:
             ts = torch.tensor(native["ts"], dtype=torch.float64)
         else:
             ts = _time_grid(args, denoiser, steps, shape, labels)
-        den = CFGDenoiser(denoiser, args.guidance) if labels is not None and args.guidance != 1.0 else denoiser
+        # --device / --precision / --compile / --channels-last: the network moves and runs under autocast; the
+        # sampler's arithmetic stays in x's dtype (runtime.prepare_denoiser)
+        from .runtime import prepare_denoiser, resolve_device
+
+        device = resolve_device(getattr(args, "device", "auto"))
+        base = prepare_denoiser(denoiser, device, getattr(args, "precision", "fp32"),
+                                compile=getattr(args, "compile", False),
+                                channels_last=getattr(args, "channels_last", False))
+        den = CFGDenoiser(base, args.guidance) if labels is not None and args.guidance != 1.0 else base
     if len(shape) != 3 and out.suffix == ".png":
         raise CLIError("PNG output needs image samples; use .npz for vectors")
     schedule = denoiser.schedule
     gens = generators_from_seeds(args.seed, args.count)
-    x_T = prior_sample(schedule, (args.count, *shape), gens)
+    x_T = prior_sample(schedule, (args.count, *shape), gens).to(device)
     if labels is not None:
-        opts["cond"] = {"class_labels": labels}
+        opts["cond"] = {"class_labels": labels.to(device)}
     if _takes(info.fn, "generator"):
         opts["generator"] = generators_from_seeds(args.seed + 10**6, args.count)
     bar = tqdm(total=_expected_nfe(info, ts), desc=f"sample ({sampler})", unit="NFE", file=sys.stderr,
                disable=not _progress_enabled(args), dynamic_ncols=True)
     # the sampler validates its grid and options first: a ValueError from it is about the user's choices
     with torch.no_grad(), bar, user_input(f"--sampler {sampler}: ", kinds=(ValueError,)):
-        x = info.fn(_with_progress(den, bar), x_T, ts, **opts)
+        x = info.fn(_with_progress(den, bar), x_T, ts, **opts).cpu()
     if out.suffix == ".png":
         save_image_grid(x, out, nrow=min(10, args.count))
     else:
@@ -482,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image side length (default: the model's own, when its config records one)")
     s.add_argument("--out", required=True, help="output .png (image grid) or .npz (arrays)")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where the network runs; auto: cuda, else mps, else cpu")
+    s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast precision of the network (the sampler's arithmetic stays fp32/fp64)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the network")
+    s.add_argument("--channels-last", action="store_true", help="channels-last memory format for image networks")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 

@@ -407,6 +407,10 @@ def prepare_denoiser(denoiser, device, precision: str = "fp32", *, compile: bool
         def num_classes(self):
             return getattr(self.inner, "num_classes", None)
 
+        @property
+        def null_class(self):
+            return self.inner.null_class
+
         def denoise(self, x, t, **cond):
             x_dev = x.to(device)
             if channels_last:
