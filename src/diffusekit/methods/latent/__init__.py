@@ -11,7 +11,9 @@ from .autoencoder import AutoencoderLoss, KLAutoencoder, kl_divergence, load_aut
     train_autoencoder
 from .checkpoint import load_latent_checkpoint, load_latent_denoiser, save_latent_checkpoint
 from .denoiser import LatentDenoiser, encode_dataset, latent_unet, train_latent_diffusion
+from .diffusevae import DiffuseVAE, RefinerDenoiser, RefinerLoss, RefinerUNet, train_diffusevae
 
-__all__ = ["AutoencoderLoss", "KLAutoencoder", "LatentDenoiser", "encode_dataset", "kl_divergence",
+__all__ = ["AutoencoderLoss", "DiffuseVAE", "KLAutoencoder", "LatentDenoiser", "RefinerDenoiser", "RefinerLoss",
+           "RefinerUNet", "train_diffusevae", "encode_dataset", "kl_divergence",
            "latent_unet", "load_autoencoder", "load_latent_checkpoint", "load_latent_denoiser", "save_autoencoder",
            "save_latent_checkpoint", "train_autoencoder", "train_latent_diffusion"]
