@@ -9,6 +9,7 @@ from .momentum import (sample_dpm_solver_pp_ghvb, sample_dpm_solver_pp_hb, sampl
                        sample_plms_hb)
 from .likelihood import pf_ode_log_likelihood, solve_pf_ode
 from .plms import sample_plms, sample_pndm
+from .predictor_corrector import sample_annealed_langevin, sample_pc  # noqa: F401  (registers pc, ncsn_langevin)
 from .registry import SAMPLERS, SamplerInfo, get_sampler, register_sampler
 from .unipc import sample_unipc
 from .defaults import DEFAULT, default_timesteps
