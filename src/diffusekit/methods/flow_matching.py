@@ -69,6 +69,9 @@ def _pad(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Minibatch OT plans (POT)
 
+_REPORTED: set[str] = set()  # POT warnings already passed on (catch_warnings defeats Python's own once-only filter)
+
+
 def _starved(plan: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     """True when the plan is not finite or some row or column holds under 10% of its marginal (underflow)."""
     if not np.all(np.isfinite(plan)):
@@ -118,8 +121,10 @@ def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: floa
             warnings.simplefilter("ignore", UserWarning)  # the inner solves of the annealing warn by design
             plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_epsilon_scaling")
     else:
-        for w in caught:  # POT's own warnings (e.g. "did not converge") for the plan we keep
-            warnings.warn(w.message, w.category, stacklevel=2)
+        for w in caught:  # POT's own warnings (e.g. "did not converge") for the plan we keep, once per process
+            if str(w.message) not in _REPORTED:
+                _REPORTED.add(str(w.message))
+                warnings.warn(w.message, w.category, stacklevel=2)
     return _usable(plan, method, reg)
 
 
