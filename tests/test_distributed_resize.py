@@ -2,7 +2,9 @@
 
 With ``loss_noise="per_example"`` (what ``diffusekit train`` uses) the noise of each example is fixed by
 its position in the global batch, so world size and micro-batching change only float reduction order.
-The 2-process run is real DDP over gloo (``tests/_ddp_resize_script.py`` under torchrun).
+The 2-process run is real DDP over gloo (``tests/_ddp_resize_script.py``), started by ``accelerate launch``
+with the shipped ``docs/accelerate_cpu.yaml`` when accelerate is installed (it runs torchrun underneath),
+else by torchrun itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("_ddp_resize_script.py")
+ACCELERATE_CONFIG = Path(__file__).parents[1] / "docs" / "accelerate_cpu.yaml"
 _spec = importlib.util.spec_from_file_location("_ddp_resize_script", SCRIPT)
 ddp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ddp)
@@ -85,8 +88,12 @@ def test_resume_at_a_different_world_size(tmp_path):
         env["GLOO_SOCKET_IFNAME"] = "lo"
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(tmp_path)]
+    if importlib.util.find_spec("accelerate") is not None and ACCELERATE_CONFIG.is_file():
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+               "--main_process_port", str(_free_port()), str(SCRIPT), str(tmp_path)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ws2 = json.loads((tmp_path / "ws2.json").read_text())
