@@ -8,9 +8,9 @@ t ~ U[0, 1] and eps ~ N(0, I), and returns a point x_t of the conditional path a
     x_t = mu_t(x0, x1) + sigma_t eps,        u_t(x_t | x0, x1) = d x_t / dt;
 
 a network v_theta(x_t, t) regressed on u_t (loss ||v_theta - u_t||^2) learns the marginal field whose ODE
-dx/dt = v(x, t) carries the source marginal to the target marginal (Tong et al., Thm. 3.2).
+dx/dt = v(x, t) carries the source marginal to the target marginal (the CFM theorem of Tong et al.).
 
-Matchers (Tong et al. Tab. 1; names as in torchcfm):
+Matchers (names as in torchcfm; equation numbers are the ones torchcfm's docstrings cite):
 
 * ``IndependentCFM`` (I-CFM, eq. 14-15): q = q0 x q1, mu_t = t x1 + (1 - t) x0, sigma_t = sigma, u_t = x1 - x0.
 * ``ExactOTCFM`` (OT-CFM, eq. 17): same path; (x0, x1) drawn from the exact minibatch OT plan pi* for the cost
@@ -93,8 +93,8 @@ def ot_plan(x0: torch.Tensor, x1: torch.Tensor, method: str = "exact", reg: floa
     """The minibatch OT plan pi (float64 array (B0, B1), total mass 1) between the empirical measures of x0 and x1
     for the cost C_ij = ||x0_i - x1_j||^2 (samples flattened, computed in float64), uniform marginals a, b:
 
-        exact:    pi* = argmin_{pi in U(a, b)} <pi, C>                  (``ot.emd``; Tong et al. eq. 17)
-        sinkhorn: pi_reg = argmin_{pi in U(a, b)} <pi, C> - reg H(pi)   (``ot.sinkhorn``; eq. 19, reg = 2 sigma^2)
+        exact:    pi* = argmin_{pi in U(a, b)} <pi, C>                  (``ot.emd``; OT-CFM)
+        sinkhorn: pi_reg = argmin_{pi in U(a, b)} <pi, C> - reg H(pi)   (``ot.sinkhorn``; SB-CFM: reg = 2 sigma^2)
 
     Sinkhorn runs as in torchcfm (POT's default solver and iteration cap). Where exp(-C/reg) underflows (a small
     reg against the batch's costs) that solver returns a plan with empty rows or columns; then the plan is solved
@@ -175,6 +175,7 @@ class IndependentCFM:
         self.sigma = sigma
 
     def config(self) -> dict:
+        """JSON-serialisable constructor arguments, with the ``make_matcher`` name."""
         return {"name": self.name, "sigma": self.sigma}
 
     def __repr__(self) -> str:
@@ -182,13 +183,16 @@ class IndependentCFM:
 
     # --- the path ---------------------------------------------------------------------------------
     def mu_t(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The path's mean mu_t(x0, x1) (B, ...) at times t (B,)."""
         t = _pad(t, x0)
         return t * x1 + (1 - t) * x0
 
     def sigma_t(self, t: torch.Tensor) -> torch.Tensor:
+        """The path's standard deviation sigma_t (B,) at times t (B,)."""
         return torch.full_like(t, self.sigma)
 
     def conditional_flow(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        """u_t(x_t | x0, x1) = d x_t / dt with (x0, x1, eps) held fixed, shaped like x0."""
         return x1 - x0
 
     def sample_xt(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -241,7 +245,7 @@ class IndependentCFM:
 
 
 class ExactOTCFM(IndependentCFM):
-    """OT-CFM (Tong et al. 2023, arXiv 2302.00482, eq. 17, Alg. 3): I-CFM's path with pairs (i, j) ~ pi*, the
+    """OT-CFM (Tong et al. 2023, arXiv 2302.00482, eq. 17): I-CFM's path with pairs (i, j) ~ pi*, the
     exact minibatch OT plan for the squared Euclidean cost (``ot.emd``). Pairs are drawn with replacement."""
 
     name = "ot"
@@ -310,7 +314,8 @@ class TargetCFM(IndependentCFM):
 
 
 class VPCFM(IndependentCFM):
-    """Variance-preserving (trigonometric) path (Albergo & Vanden-Eijnden 2022, arXiv 2209.15571; Tong et al. Tab. 1):
+    """Variance-preserving (trigonometric) path (Albergo & Vanden-Eijnden 2022, arXiv 2209.15571; torchcfm cites
+    Albergo, Boffi & Vanden-Eijnden 2023, arXiv 2303.08797):
 
         x_t = cos(pi t / 2) x0 + sin(pi t / 2) x1 + sigma eps,   u_t = (pi / 2)(cos(pi t / 2) x1 - sin(pi t / 2) x0).
     """
@@ -331,8 +336,9 @@ MATCHERS = {"independent": IndependentCFM, "ot": ExactOTCFM, "sb": SchrodingerBr
 
 
 def make_matcher(name: str, sigma: float = 0.0, **options) -> IndependentCFM:
-    """A matcher by name: independent (I-CFM), ot (OT-CFM), sb (SB-CFM, needs sigma > 0; option ot_method),
-    target (Lipman FM, sigma = sigma_min) or vp (trigonometric path)."""
+    """A matcher by name: independent (I-CFM), ot (OT-CFM), sb (SB-CFM, needs sigma > 0; option ot_method)
+    (Tong et al. 2023, arXiv 2302.00482), target (Lipman et al. 2022, arXiv 2210.02747; sigma = sigma_min) or vp
+    (trigonometric path). ``make_matcher(name, sigma)`` equals ``MATCHERS[name](sigma)``."""
     if name not in MATCHERS:
         raise ValueError(f"unknown flow matcher {name!r}; allowed: {', '.join(MATCHERS)}")
     return MATCHERS[name](sigma, **options)
@@ -370,7 +376,7 @@ class CFMDenoiser(NetworkDenoiser):
 
 
 class CFMLoss:
-    """Per-example conditional flow matching loss (Tong et al. 2023, arXiv 2302.00482, eq. 9/16), a ``Trainer`` loss:
+    """Per-example conditional flow matching loss (Tong et al. 2023, arXiv 2302.00482), a ``Trainer`` loss:
 
         L_i = mean_j (v_theta(x_t, 1000 t)_j - u_t(x_t | x0, x1)_j)^2,   (t, x_t, u_t) from ``matcher``.
 
