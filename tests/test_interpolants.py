@@ -273,7 +273,7 @@ def test_loss_config_round_trip():
 
 
 def test_sde_corrects_an_under_trained_drift():
-    """Albergo et al. 2023 (Sec. 2.5): eps > 0 trades determinism for robustness. With a drift trained for 60 steps
+    """Albergo et al. 2023: eps > 0 trades determinism for robustness. With a drift trained for 60 steps
     and a denoiser eta for 400, the SDE at eps = 0.5 lands closer (W2) to the checkerboard than the ODE.
     (With b and eta equally under-trained, eps >= 0.5 does not help at this scale: the bench shows both.)"""
     from diffusekit.bench.flows import w2

@@ -1,5 +1,5 @@
 """The ``diffusekit.core.Denoiser`` view of a one-sided interpolant (Albergo, Boffi & Vanden-Eijnden 2023,
-arXiv 2303.08797, Sec. 3.3 and 6: one-sided interpolants with a Gaussian rho0 are score-based diffusions).
+arXiv 2303.08797: one-sided interpolants with a Gaussian rho0 are score-based diffusions).
 
 A one-sided interpolant x_t = alpha(t) x0 + beta(t) x1 with x0 ~ N(0, I) and data x1 is a Gaussian forward
 process. In diffusekit's convention (time t' = 1 - t runs from data to noise, x_{t'} = a(t') x_data + s(t') eps)

@@ -1,5 +1,6 @@
 """Quadratic objectives of stochastic interpolants as per-example ``Trainer`` losses (Albergo, Boffi &
-Vanden-Eijnden 2023, arXiv 2303.08797, Sec. 2.2 and 3.2; reference ``interflow/stochastic_interpolant.py``).
+Vanden-Eijnden 2023, arXiv 2303.08797, the objectives L_b, L_v, L_s and L_eta; reference
+``interflow/stochastic_interpolant.py``).
 
 With the noise view x_t = D_t + c(t) n of ``paths.py`` (n = z, c = gamma for two-sided paths; n = x0, c = alpha
 for one-sided ones), t ~ U[t_min, t_max] and one network f(x_t, t), the per-example loss is
@@ -9,10 +10,10 @@ for one-sided ones), t ~ U[t_min, t_max] and one network f(x_t, t), the per-exam
 which equals 1/2 mean_j (f_j - T_j)^2 up to a term independent of the network (so it can be negative), and is
 minimised by f = E[T | x_t]. Targets (``TARGETS``):
 
-* ``velocity``: T = dx_t/dt = dD_t/dt + c' n, so f -> b(t, x) = E[dx_t/dt | x_t] (eq. 2.10, L_b).
-* ``v``: T = dD_t/dt, so f -> v = E[dD_t/dt | x_t] and b = v - c c' s (eq. 2.13, L_v; needs a score for b).
-* ``noise``: T = n, so f -> eta = E[n | x_t] and s = -eta/c (eq. 2.20 / 3.13, L_eta, the "denoiser").
-* ``score``: T = -n/c, so f -> s = grad log rho_t (eq. 2.15, L_s).
+* ``velocity``: T = dx_t/dt = dD_t/dt + c' n, so f -> b(t, x) = E[dx_t/dt | x_t] (L_b).
+* ``v``: T = dD_t/dt, so f -> v = E[dD_t/dt | x_t] and b = v - c c' s (L_v; needs a score for b).
+* ``noise``: T = n, so f -> eta = E[n | x_t] and s = -eta/c (L_eta, the "denoiser").
+* ``score``: T = -n/c, so f -> s = grad log rho_t (L_s).
 
 Antithetic sampling (reference code): the targets of ``velocity`` and ``score`` carry c' or 1/c, which blow up
 where c = 0 (c' of the Brownian gamma at t = 0, 1); evaluating the pair x_t^+- = D_t +- c n and averaging the two

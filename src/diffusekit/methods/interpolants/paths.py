@@ -1,6 +1,6 @@
 """Stochastic interpolants x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z on t in [0, 1] (Albergo, Boffi &
-Vanden-Eijnden 2023, "Stochastic Interpolants: A Unifying Framework for Flows and Diffusions", arXiv 2303.08797,
-Sec. 2 and 3.1; reference code malbergo/stochastic-interpolants, ``interflow/fabrics.py``).
+Vanden-Eijnden 2023, "Stochastic Interpolants: A Unifying Framework for Flows and Diffusions", arXiv 2303.08797;
+reference code malbergo/stochastic-interpolants, ``interflow/fabrics.py``).
 
 Boundary conditions: alpha(0) = beta(1) = 1, alpha(1) = beta(0) = gamma(0) = gamma(1) = 0, so x_{t=0} = x0 ~ rho0
 and x_{t=1} = x1 ~ rho1 for any pair of densities; z ~ N(0, I) is independent of (x0, x1). Every coefficient
@@ -8,14 +8,14 @@ has an analytic time derivative (float64 throughout).
 
 Paths (``PATHS``):
 
-* ``linear``: alpha = 1 - t, beta = t (paper eq. 4.1 with the linear I).
-* ``trig``: alpha = sqrt(1 - gamma^2) cos(pi t/2), beta = sqrt(1 - gamma^2) sin(pi t/2) (eq. 4.2), so that
+* ``linear``: alpha = 1 - t, beta = t.
+* ``trig``: alpha = sqrt(1 - gamma^2) cos(pi t/2), beta = sqrt(1 - gamma^2) sin(pi t/2), so that
   alpha^2 + beta^2 + gamma^2 = 1; needs gamma < 1 on [0, 1].
-* ``encoding_decoding``: alpha = cos^2(pi t) 1[t < 1/2], beta = cos^2(pi t) 1[t > 1/2] (Sec. 4.1,
-  "encoding-decoding"): x0 is encoded into noise at t = 1/2, then decoded into x1; needs gamma(1/2) > 0.
-* ``mirror``: x_t = x1 + gamma(t) z with rho0 = rho1 and x0 = x1 (Sec. 4.1, "mirror interpolant"): alpha = 0,
+* ``encoding_decoding``: alpha = cos^2(pi t) 1[t < 1/2], beta = cos^2(pi t) 1[t > 1/2]
+  ("encoding-decoding"): x0 is encoded into noise at t = 1/2, then decoded into x1; needs gamma(1/2) > 0.
+* ``mirror``: x_t = x1 + gamma(t) z with rho0 = rho1 and x0 = x1 ("mirror interpolant"): alpha = 0,
   beta = 1; the generative process resamples rho1 through a noisy intermediate; needs gamma > 0 inside.
-* ``one_sided_linear`` / ``one_sided_trig``: x0 ~ N(0, I) and no extra latent (gamma = 0; Sec. 3.3,
+* ``one_sided_linear`` / ``one_sided_trig``: x0 ~ N(0, I) and no extra latent (gamma = 0;
   "one-sided interpolants"): alpha = 1 - t, beta = t / alpha = cos(pi t/2), beta = sin(pi t/2). Here the
   Gaussian part alpha x0 plays the role of gamma z; these are Gaussian forward processes (see ``denoiser.py``).
 
@@ -32,7 +32,7 @@ where gamma_dot is not, as in the reference code):
 Noise view (used by the losses and samplers): write x_t = D_t + c(t) n with n ~ N(0, I) the Gaussian "noise" and
 D_t the rest. For two-sided paths n = z, c = gamma, D_t = alpha x0 + beta x1; for one-sided paths n = x0,
 c = alpha, D_t = beta x1. The score is s = grad log rho_t = -E[n | x_t]/c, and the drift of the transport
-equation is b = E[dD_t/dt + c' n | x_t] = v - c c' s with v = E[dD_t/dt | x_t] (paper eq. 2.13 / 3.15).
+equation is b = E[dD_t/dt + c' n | x_t] = v - c c' s with v = E[dD_t/dt | x_t].
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _sig(u: float) -> float:
 
 
 class Interpolant:
-    """x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z (Albergo et al. 2023, arXiv 2303.08797, eq. 2.1 / 3.1).
+    """x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z (Albergo et al. 2023, arXiv 2303.08797).
 
     Args:
         path: one of ``PATHS`` (module docstring).

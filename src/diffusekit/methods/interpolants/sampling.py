@@ -1,5 +1,5 @@
-"""Generative ODE and SDEs of a stochastic interpolant (Albergo, Boffi & Vanden-Eijnden 2023, arXiv 2303.08797,
-Sec. 2.3 and 5; reference ``interflow/stochastic_interpolant.py``, ``PFlowIntegrator`` and ``SDEIntegrator``).
+"""Generative ODE and SDEs of a stochastic interpolant (Albergo, Boffi & Vanden-Eijnden 2023, arXiv 2303.08797;
+reference ``interflow/stochastic_interpolant.py``, ``PFlowIntegrator`` and ``SDEIntegrator``).
 
 With the drift b(t, x) and the score s(t, x) = grad log rho_t(x) of the interpolant density rho_t:
 
