@@ -346,3 +346,36 @@ def test_export_refuses_what_diffusers_cannot_express():
     ours = schedule_from_diffusers_config({**cfg, "_class_name": "DDIMScheduler"})
     assert ours.zero_terminal_snr and float(ours.alphas_cumprod[-1]) == 0.0
     torch.testing.assert_close(ours._source_betas, betas_for("scaled_linear", 1000))
+
+
+def test_custom_timesteps_give_our_grid():
+    """diffusers' custom-grid argument ``set_timesteps(timesteps=...)`` takes network times; the grid ends at 0."""
+    scheduler = DiffuseKitScheduler(sampler="unipc_bh2_3", grid="logsnr")
+    scheduler.set_timesteps(6)
+    grid = scheduler.ts
+    scheduler.set_timesteps(timesteps=scheduler.schedule.network_time(grid[:-1]))
+    torch.testing.assert_close(scheduler.ts, grid, rtol=1e-12, atol=1e-12)
+    with pytest.raises(UserError, match="strictly decreasing"):
+        scheduler.set_timesteps(timesteps=[10, 500])
+
+
+# ---- the bench ---------------------------------------------------------------------------------------------------
+def test_bench_interop_quick(tmp_path):
+    from diffusekit.bench import run_bench
+
+    run_bench("interop", out=tmp_path, quick=True)
+    result = json.loads((tmp_path / "interop.json").read_text())
+    acc = result["accuracy"]
+    # our default sampler on its searched grid beats diffusers' best (tuned on the evaluation noise) at 5 steps,
+    # and on its fixed fallback grid at 10 steps
+    assert acc["5"]["error_ratio_over_diffusers_best"]["ours_default_searched"] < 1.0
+    assert acc["10"]["error_ratio_over_diffusers_best"]["ours_default"] < 0.5
+    assert all(r["ours"]["ours_default"]["nfe"] == r["diffusers_best"]["nfe"] == int(k) for k, r in acc.items())
+    agree = result["agreement"]
+    assert agree["ddim-leading-10"]["max_rel_diff"] < 1e-4 and agree["ddim-trailing-10"]["max_rel_diff"] < 1e-4
+    assert agree["ddim-linspace-10"]["max_rel_diff"] > 1e-2  # diffusers' DDIM leaves its linspace grid
+    tp = result["training_throughput"]
+    params = tp["ours_unet"]["parameters"], tp["diffusers_unet2d"]["parameters"]
+    assert abs(params[0] - params[1]) < 0.1 * params[0]
+    assert tp["ours_unet"]["steps_per_second"] > 0 and tp["diffusers_unet2d"]["steps_per_second"] > 0
+    assert (tmp_path / "interop.png").is_file()

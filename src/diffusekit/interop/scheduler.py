@@ -36,7 +36,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..core._tensor import per_sample
 from ..core.denoiser import Denoiser
-from ..core.grids import make_grid
+from ..core.grids import check_grid, make_grid
 from ..core.predictions import x0_from_prediction
 from ..errors import UserError
 from ..samplers.defaults import DEFAULT, fallback_timesteps, grid_schedule
@@ -167,18 +167,38 @@ class DiffuseKitScheduler(SchedulerMixin, ConfigMixin):
                       **kwargs):
         """Build the grid, find the sampler's evaluation times and reset the solver.
 
-        ``timesteps``/``sigmas`` lists are not supported (pass our grid by name instead)."""
-        if timesteps is not None or sigmas is not None or num_inference_steps is None:
-            raise UserError("DiffuseKitScheduler takes num_inference_steps only; choose the grid with grid=...")
+        ``timesteps`` (diffusers' custom-grid argument): descending network times of the grid's points before
+        its final t = 0 (e.g. ``schedule.network_time(ts[:-1])`` of a searched grid ``ts``), used instead of
+        ``grid``. ``sigmas`` lists are not supported."""
+        if sigmas is not None:
+            raise UserError("DiffuseKitScheduler takes num_inference_steps or timesteps, not sigmas")
         self.close()
-        self.num_inference_steps = int(num_inference_steps)
-        self.ts = self.make_grid(self.num_inference_steps)
+        if timesteps is not None:
+            self.ts = self._grid_from_timesteps(timesteps)
+            self.num_inference_steps = len(self.ts) - 1
+        elif num_inference_steps is None:
+            raise UserError("set_timesteps needs num_inference_steps (or timesteps)")
+        else:
+            self.num_inference_steps = int(num_inference_steps)
+            self.ts = self.make_grid(self.num_inference_steps)
         self.eval_ts = self._evaluation_times(self.ts)
         net_t = self.schedule.network_time(self.eval_ts)
         if self.config.round_timesteps:
             net_t = torch.round(net_t)
         self.timesteps = net_t.to(device) if device is not None else net_t
         self._step_index = 0
+
+    def _grid_from_timesteps(self, timesteps) -> torch.Tensor:
+        """Schedule times of descending network times, plus the final t = 0."""
+        net_t = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
+        if net_t.numel() < 1 or bool((net_t[1:] >= net_t[:-1]).any()):
+            raise UserError("timesteps must be a non-empty, strictly decreasing list of network times")
+        ts = net_t / 1000.0 if self.config.process == "flow" else self.schedule.t_of_timestep(net_t)
+        ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
+        try:
+            return check_grid(ts, self.schedule)
+        except ValueError as err:
+            raise UserError(f"timesteps out of range: {err}") from None
 
     def _evaluation_times(self, ts: torch.Tensor) -> torch.Tensor:
         """The times at which the sampler calls the denoiser on this grid (a dry run with x0_hat = 0)."""
