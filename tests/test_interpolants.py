@@ -296,3 +296,27 @@ def test_sde_corrects_an_under_trained_drift():
         sde = w2(sample_interpolant_sde(fields, x0, grid_interpolant(100), eps=0.5,
                                         generator=torch.Generator().manual_seed(6)), x1_test)
     assert sde < ode - 0.02, (sde, ode)
+
+
+@pytest.mark.parametrize("path,gamma,target", [("mirror", "brownian", "noise"), ("encoding_decoding", "sinesquared",
+                                                                                  "velocity"),
+                                               ("trig", "brownian", "score"), ("one_sided_trig", "zero", "v")])
+def test_losses_run_on_every_kind_of_path_and_on_images(path, gamma, target):
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x, t):
+            return self.w * x
+
+    loss = InterpolantLoss(path, gamma, target)
+    g = torch.Generator().manual_seed(12)
+    x1 = torch.randn(8, 1, 4, 4, generator=g)  # image-shaped batches work as vectors do
+    two_sided_data = not (loss.interpolant.mirror or loss.interpolant.one_sided)
+    batch = (torch.randn(8, 1, 4, 4, generator=g), x1) if two_sided_data else (x1,)
+    net = Scale()
+    values = loss(net, batch, g)
+    assert values.shape == (8,) and torch.isfinite(values).all()
+    values.mean().backward()
+    assert net.w.grad is not None and torch.isfinite(net.w.grad)
