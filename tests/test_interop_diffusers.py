@@ -366,10 +366,9 @@ def test_bench_interop_quick(tmp_path):
     run_bench("interop", out=tmp_path, quick=True)
     result = json.loads((tmp_path / "interop.json").read_text())
     acc = result["accuracy"]
-    # our default sampler on its searched grid beats diffusers' best (tuned on the evaluation noise) at 5 steps,
-    # and on its fixed fallback grid at 10 steps
+    # our default sampler on its searched grid (data-free, own noise) beats diffusers' best, which is chosen on the
+    # evaluation noise itself, at 5 steps (the fixed fallback grid alone does not: 1.15x quick, 1.75x full run)
     assert acc["5"]["error_ratio_over_diffusers_best"]["ours_default_searched"] < 1.0
-    assert acc["10"]["error_ratio_over_diffusers_best"]["ours_default"] < 0.5
     assert all(r["ours"]["ours_default"]["nfe"] == r["diffusers_best"]["nfe"] == int(k) for k, r in acc.items())
     agree = result["agreement"]
     assert agree["ddim-leading-10"]["max_rel_diff"] < 1e-4 and agree["ddim-trailing-10"]["max_rel_diff"] < 1e-4

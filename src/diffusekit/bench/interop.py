@@ -262,10 +262,13 @@ def _figure(accuracy, throughput):
     steps = [int(k) for k in accuracy]
     ax.plot(steps, [accuracy[str(k)]["diffusers_best"]["error"] for k in steps], "o-", color="C3",
             label="diffusers best (tuned on the same noise)")
-    for key, style in (("ours_default_searched", "o-"), ("ours_default", "o--"), ("ours_dpmpp2m_logsnr", "s:")):
+    labels = {"ours_default_searched": ("o-", "UniPC bh2-3, searched grid (our default)"),
+              "ours_default": ("o--", "UniPC bh2-3, fixed fallback grid"),
+              "ours_dpmpp2m_logsnr": ("s:", "DPM-Solver++(2M), log-SNR grid")}
+    for key, (style, label) in labels.items():
         pts = [(k, accuracy[str(k)]["ours"][key]["error"]) for k in steps if key in accuracy[str(k)]["ours"]]
         if pts:
-            ax.plot(*zip(*pts), style, color="C0", label=f"DiffuseKitScheduler: {key.replace('_', ' ')}")
+            ax.plot(*zip(*pts), style, color="C0", label=f"DiffuseKitScheduler: {label}")
     ax.set(xscale="log", yscale="log", xlabel="steps (= NFE)", ylabel="RMS error to the ODE solution",
            title="stiff16d mixture inside a diffusers pipeline")
     ax.set_xticks(steps, [str(k) for k in steps])

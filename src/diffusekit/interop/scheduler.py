@@ -185,6 +185,8 @@ class DiffuseKitScheduler(SchedulerMixin, ConfigMixin):
         net_t = self.schedule.network_time(self.eval_ts)
         if self.config.round_timesteps:
             net_t = torch.round(net_t)
+        if device is not None and torch.device(device).type == "mps":  # no float64 there
+            net_t = net_t.float()
         self.timesteps = net_t.to(device) if device is not None else net_t
         self._step_index = 0
 
