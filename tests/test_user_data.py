@@ -209,20 +209,26 @@ def test_csv_windows_standardised_with_train_stats(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ the CLI
 
 
-def test_train_cli_on_a_class_folder(tmp_path, monkeypatch):
+def test_train_cli_on_a_class_folder_then_sample(tmp_path, monkeypatch):
+    """The issue's "done when": `diffusekit train --data folder:PATH --backbone diffusers-unet2d` (the UNet when
+    the diffusers backbone is not registered), class subfolders as labels, accumulation and channels-last."""
     from diffusekit.cli import main
+    from diffusekit.nets import NETS
 
+    backbone = "diffusers-unet2d" if "diffusers_unet2d" in NETS else "unet"
     monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(2)
     for cls in ("a", "b"):
         for i in range(8):
-            _png(tmp_path / "faces" / cls / f"{i}.jpg" if i % 2 else tmp_path / "faces" / cls / f"{i}.png",
-                 rng.integers(0, 256, (10, 12, 3)))
+            _png(tmp_path / "faces" / cls / (f"{i}.jpg" if i % 2 else f"{i}.png"), rng.integers(0, 256, (10, 12, 3)))
     out = tmp_path / "run"
-    code = main(["train", "--data", f"folder:{tmp_path / 'faces'}", "--size", "8", "--conditional", "--steps", "3",
-                 "--batch-size", "8", "--grad-accum-steps", "2", "--out", str(out), "--no-progress",
-                 "--net", "unet"])
-    assert code == 0
+    assert main(["train", "--data", f"folder:{tmp_path / 'faces'}", "--size", "8", "--conditional", "--steps", "2",
+                 "--batch-size", "8", "--grad-accum-steps", "2", "--backbone", backbone, "--channels-last",
+                 "--out", str(out), "--no-progress"]) == 0
     saved = (out / "config.yaml").read_text()
-    assert "size: 8" in saved and "grad_accum_steps: 2" in saved and "loss_noise: per_example" in saved
-    assert (out / "checkpoint.safetensors").is_file()
+    for line in ("size: 8", "grad_accum_steps: 2", "loss_noise: per_example", "channels_last: true",
+                 f"name: {backbone.replace('-', '_')}", "in_channels: 3", "num_classes: 2"):
+        assert line in saved
+    assert main(["sample", "--model", str(out), "--count", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"),
+                 "--no-progress"]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 3, 8, 8)

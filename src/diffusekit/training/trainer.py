@@ -29,21 +29,14 @@ size and rank ``r`` gets the ``r``-th contiguous slice of every global batch, so
 optimisation trajectory does not depend on how many processes share the work (up to
 floating-point reduction order and the per-rank loss noise).
 
-Gradient accumulation and world-size-free noise. With ``grad_accum_steps = A`` each rank's slice is
-run as A consecutive micro-batches of ``batch_size / (world_size * A)`` examples; micro-batch losses
-are scaled by ``1 / A`` and their gradients summed (DDP synchronises only on the last one), so the
-update is the gradient of the mean loss over the global batch, as with ``A = 1``. With
-``loss_noise="per_example"`` the loss noise of the example at position ``j`` of the global batch of
-step ``s`` comes from its own generator seeded by ``(seed, s, j)``: the whole step is then a
-function of the global batch only, so a run at world size 2, at world size 1, with accumulation, or
-resumed at another world size follows the same loss curve up to float reduction order (tested).
-The data order is always global (one permutation, drawn from the data generator on every rank), and
-each rank reads only its own rows of it (``data`` may be memory-mapped, see :mod:`diffusekit.data.user`).
-
-Precision. ``precision`` bf16 / fp16 runs ``loss_fn`` under ``torch.autocast`` (weights, optimizer
-and EMA stay fp32); fp16 adds a dynamic gradient scaler whose overflowing steps are skipped (the step
-still counts; its state is checkpointed). ``channels_last`` and ``compile`` change the memory format
-and the kernels, not the function computed.
+Gradient accumulation and world-size-free noise (details and measurements: docs/distributed.md).
+``grad_accum_steps = A`` runs each rank's slice as A micro-batches (losses scaled by 1/A, gradients
+summed, DDP synchronised on the last), so the update is that of the mean loss over the global batch.
+With ``loss_noise="per_example"`` example ``j`` of step ``s``'s global batch draws its noise from its
+own generator seeded by ``(seed, s, j)``: a step is then a function of the global batch only, and the
+world size, A and a resume at another world size change only float reduction order. Precision:
+``precision`` bf16 / fp16 autocasts ``loss_fn`` (weights, optimizer, EMA stay fp32); fp16 adds a
+dynamic gradient scaler (overflowing steps are skipped but counted; its state is checkpointed).
 
 LR schedule: for optimizer step ``s`` (1-based) ``lr_s = lr * min(1, s / warmup_steps)``
 (constant ``lr`` when ``warmup_steps == 0``); the first step therefore already moves.
