@@ -378,3 +378,24 @@ def test_bench_interop_quick(tmp_path):
     assert abs(params[0] - params[1]) < 0.1 * params[0]
     assert tp["ours_unet"]["steps_per_second"] > 0 and tp["diffusers_unet2d"]["steps_per_second"] > 0
     assert (tmp_path / "interop.png").is_file()
+
+
+def test_dit_folder_and_bare_model_folder(tmp_path, x_T):
+    """A DiT with learned variance (2C outputs) from a bare model folder + scheduler_config.json: our denoiser uses
+    the mean half, as diffusers' DiTPipeline does; clear errors for a folder without a scheduler config."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1,
+                                              out_channels=2, num_layers=1, sample_size=8, patch_size=2,
+                                              norm_num_groups=1).double().eval()
+    dit.save_pretrained(tmp_path / "dit")
+    with pytest.raises(UserError, match="no scheduler config"):
+        load_diffusers_denoiser(tmp_path / "dit")
+    diffusers.DDIMScheduler(beta_schedule="scaled_linear").save_config(tmp_path / "dit")
+    den = load_diffusers_denoiser(tmp_path / "dit", dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        eps = dit(x_T, timestep=torch.tensor([250, 250]), class_labels=labels).sample[:, :1]
+        torch.testing.assert_close(den.eps(x_T, den.schedule.t_of_timestep(250), class_labels=labels), eps)
+    with pytest.raises(UserError, match="not a folder"):
+        load_diffusers_denoiser(tmp_path / "missing")
