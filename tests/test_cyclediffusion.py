@@ -16,7 +16,7 @@ from diffusekit.data.digits import load_digits_split
 from diffusekit.methods.cyclediffusion import (DPMLatent, classifier_energy, cycle_diffusion, ddim_invert,
                                                dpm_decode, dpm_encode, latent_energy_guidance, thick_digits,
                                                thin_digits, translation_grid)
-from diffusekit.samplers import sample_ddim
+from diffusekit.samplers import sample_ddim, sample_ddpm
 
 SCHED = VPDiscrete.named("linear", 1000)
 
@@ -69,6 +69,18 @@ def test_decoder_is_sample_ddim_fed_the_same_noises(mixture, t_end):
     noises = [randn_like(x_T, g) if float(t) > 0 else torch.zeros_like(x_T) for t in ts[1:]]
     got = dpm_decode(den, DPMLatent(x_T, torch.stack(noises), ts, 0.7))
     assert torch.equal(got, ref)
+
+
+def test_eta_one_decoder_is_the_ddpm_sampler(mixture):
+    """eta = 1 is DDPM ancestral sampling: the decoder equals ``sample_ddpm`` fed the same noises."""
+    den = mixture.denoiser(SCHED)
+    ts = grid_uniform(SCHED, 12, t_end=0.0)
+    x_T = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    ref = sample_ddpm(den, x_T, ts, generator=torch.Generator().manual_seed(13))
+    g = torch.Generator().manual_seed(13)
+    noises = [randn_like(x_T, g) if float(t) > 0 else torch.zeros_like(x_T) for t in ts[1:]]
+    got = dpm_decode(den, DPMLatent(x_T, torch.stack(noises), ts, 1.0))
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12)
 
 
 def test_latent_noise_is_standard_normal_under_the_exact_denoiser(mixture):
@@ -189,6 +201,21 @@ def test_translate_cli_class_edit_writes_npz_and_png(tmp_path, capsys):
     before = out.read_bytes()
     assert "already exists; pass --overwrite" in _err(capsys, [*base, "--out", str(out)])
     assert out.read_bytes() == before
+
+
+def test_translate_cli_reads_a_png(tmp_path):
+    from PIL import Image
+
+    x, y = load_digits_split("test")
+    pixels = ((x[0, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    out = tmp_path / "y.npz"
+    assert main(["translate", "--source", "zoo:digits_unet", "--source-class", str(int(y[0])), "--target-class",
+                 str(int(y[0])), "--input", str(tmp_path / "digit.png"), "--out", str(out), "--steps", "3",
+                 "--no-progress"]) == 0
+    with np.load(out) as f:
+        assert f["inputs"].shape == (1, 1, 8, 8) and np.abs(f["inputs"][0, 0] - x[0, 0].numpy()).max() < 1 / 127
+        assert np.abs(f["samples"] - f["inputs"]).max() < 1e-4
 
 
 @pytest.mark.parametrize("extra, match", [

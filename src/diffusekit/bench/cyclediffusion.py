@@ -210,7 +210,7 @@ def _image_panel(ax, rows: dict, title: str) -> None:
     n = max(len(v) for v in rows.values())
     padded = [torch.cat([v, torch.full((n - len(v), *v.shape[1:]), -1.0)]) if len(v) < n else v for v in rows.values()]
     ax.imshow(image_grid(torch.cat(padded), n), cmap="gray", vmin=0, vmax=255)
-    ax.set_yticks([(i + 0.5) * 9 for i in range(len(names))], names, fontsize=6)
+    ax.set_yticks([(i + 0.5) * 9 + 0.5 for i in range(len(names))], names, fontsize=6)  # rows of 8 px + 1 px pad
     ax.set_xticks([])
     ax.set_title(title, fontsize=9)
 
