@@ -181,10 +181,10 @@ def translation_grid(schedule, steps: int, *, t_start: float | None = None, t_en
 
 
 def ddim_invert(denoiser: Denoiser, x0: torch.Tensor, ts, *, cond: dict | None = None) -> torch.Tensor:
-    """Deterministic DDIM inversion (eta = 0; Song et al. 2021, arXiv 2010.02502, Sec. 4.3 / Dhariwal & Nichol
-    2021): walk the grid backwards, x_s = alpha_s x0_hat(x_t) + sigma_s eps_hat(x_t) with the model evaluated at
-    the current (less noisy) point t, starting from x_{t_n} = alpha_{t_n} x0. Returns x at ts[0]. n NFE; the
-    inversion is approximate (the model is evaluated at t, not s) and is exact only in the limit of small steps."""
+    """Deterministic DDIM inversion (eta = 0; Song et al. 2021, arXiv 2010.02502, Sec. 5.4, encoding by the
+    probability-flow ODE run forward): walk the grid backwards, x_s = alpha_s x0_hat(x_t) + sigma_s eps_hat(x_t)
+    with the model evaluated at the current (less noisy) point t, starting from x_{t_n} = alpha_{t_n} x0. Returns
+    x at ts[0]. n NFE; approximate (the model is evaluated at t, not s), exact only in the small-step limit."""
     cond = cond or {}
     sched = denoiser.schedule
     steps = grid_steps(denoiser, x0, ts)
