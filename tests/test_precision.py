@@ -81,6 +81,19 @@ def test_bf16_sampling_close_to_fp32(digits_fp32):
     assert 1e-4 < diff.pow(2).mean().sqrt() < BF16_SAMPLE_RMS and diff.abs().max() < BF16_SAMPLE_MAX
 
 
+def test_network_device_boundary_in_the_trainer_is_exact(fp32_run):
+    """The path of `train --device cuda` (network behind the device boundary, data and loss on the CPU), run
+    with the CPU as the device: the same function, so the same loss curve bit for bit."""
+    _, fp32, _ = fp32_run
+    torch.manual_seed(0)
+    net = build_net(NET)
+    cfg = TrainConfig(steps=20, batch_size=64, lr=3e-3, ema_decay=None, progress=False, loss_noise="per_example")
+    trainer = Trainer(net, DiffusionLoss(VPDiscrete.named("linear", 100), "eps"),
+                      (load_dataset("gmm_ring8", "train", n=1024).x,), cfg, network_device="cpu")
+    assert type(trainer.train_model).__name__ == "DeviceNetwork"
+    assert trainer.fit()["loss"] == fp32[:20]
+
+
 def test_channels_last_matches_contiguous(digits_fp32):
     cl = _sample(runtime.prepare_denoiser(zoo.load("digits_unet"), "cpu", channels_last=True))
     assert (cl - digits_fp32).abs().max() < 1e-4  # other conv kernels: float32 rounding only
@@ -107,7 +120,7 @@ def test_compile_matches_eager():
     compiled.load_state_dict(eager.state_dict())
     loss = DiffusionLoss(VPDiscrete.named("linear", 100))
     den = runtime.prepare_denoiser(loss.denoiser(compiled), "cpu", compile=True)
-    assert type(den.net).__name__ == "OptimizedModule"
+    assert type(den.net.inner).__name__ == "OptimizedModule"
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
     t = torch.full((16,), 0.5, dtype=torch.float64)
     with torch.no_grad():

@@ -242,8 +242,8 @@ def cmd_sample(args) -> int:
             ts = torch.tensor(native["ts"], dtype=torch.float64)
         else:
             ts = _time_grid(args, denoiser, steps, shape, labels)
-        # --device / --precision / --compile / --channels-last: the network moves and runs under autocast; the
-        # sampler's arithmetic stays in x's dtype (runtime.prepare_denoiser)
+        # --device / --precision / --compile / --channels-last: only the network moves and runs under autocast;
+        # the sampler's arithmetic stays on the CPU in x's dtype (runtime.prepare_denoiser)
         from .runtime import prepare_denoiser, resolve_device
 
         device = resolve_device(getattr(args, "device", "auto"))
@@ -255,16 +255,16 @@ def cmd_sample(args) -> int:
         raise CLIError("PNG output needs image samples; use .npz for vectors")
     schedule = denoiser.schedule
     gens = generators_from_seeds(args.seed, args.count)
-    x_T = prior_sample(schedule, (args.count, *shape), gens).to(device)
+    x_T = prior_sample(schedule, (args.count, *shape), gens)
     if labels is not None:
-        opts["cond"] = {"class_labels": labels.to(device)}
+        opts["cond"] = {"class_labels": labels}
     if _takes(info.fn, "generator"):
         opts["generator"] = generators_from_seeds(args.seed + 10**6, args.count)
     bar = tqdm(total=_expected_nfe(info, ts), desc=f"sample ({sampler})", unit="NFE", file=sys.stderr,
                disable=not _progress_enabled(args), dynamic_ncols=True)
     # the sampler validates its grid and options first: a ValueError from it is about the user's choices
     with torch.no_grad(), bar, user_input(f"--sampler {sampler}: ", kinds=(ValueError,)):
-        x = info.fn(_with_progress(den, bar), x_T, ts, **opts).cpu()
+        x = info.fn(_with_progress(den, bar), x_T, ts, **opts)
     if out.suffix == ".png":
         save_image_grid(x, out, nrow=min(10, args.count))
     else:

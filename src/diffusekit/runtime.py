@@ -39,7 +39,7 @@ from pathlib import Path
 
 __all__ = ["DEVICES", "PRECISIONS", "ThreadGovernor", "autocast", "autocast_dtype", "available_cores", "busy_cores",
            "choose_threads", "compile_module", "compile_unavailable_reason", "configure_threads", "grad_scaler",
-           "next_threads", "prepare_denoiser", "resolve_device", "to_channels_last"]
+           "device_network", "next_threads", "prepare_denoiser", "resolve_device", "to_channels_last"]
 
 _chosen: int | None = None
 
@@ -367,57 +367,78 @@ def to_channels_last(x):
     return x
 
 
-def prepare_denoiser(denoiser, device, precision: str = "fp32", *, compile: bool = False,
-                     channels_last: bool = False):
-    """A sampling-ready Denoiser: the network moved to ``device`` (channels-last, compiled when asked) and
-    every network evaluation run under :func:`autocast` for ``precision``.
+_DEVICE_NETWORK_CLASS = None
 
-    The sampler itself keeps working in x's dtype (fp32 / fp64): only the network sees bf16 / fp16, and
-    its output is cast back to x's dtype. Models without a ``.net`` module (e.g. a function denoiser) can
-    only run on the CPU in fp32 eager.
+
+def device_network(net, device, precision: str = "fp32", *, channels_last: bool = False, home="cpu"):
+    """``net`` moved to ``device``, behind a boundary: inputs arrive on ``home`` (the CPU, where the schedules,
+    samplers and losses compute), the network runs on ``device`` under :func:`autocast` for ``precision``
+    (channels-last inputs when asked) and its output goes back to ``home`` in the input's dtype.
+
+    Only the network needs the accelerator; schedule tables and sampler arithmetic (float64) stay on the
+    CPU, so every sampler and loss works unchanged on any device. ``.config`` is the network's own.
     """
     import torch
 
-    from .core import Denoiser
+    global _DEVICE_NETWORK_CLASS
+    if _DEVICE_NETWORK_CLASS is None:
+        class DeviceNetwork(torch.nn.Module):
+            """See :func:`device_network`."""
+
+            def __init__(self, inner, device, precision, channels_last, home):
+                super().__init__()
+                self.inner = inner
+                self.device, self.home = torch.device(device), torch.device(home)
+                self.precision, self.channels_last = precision, channels_last
+
+            @property
+            def config(self):
+                return getattr(self.inner, "config", None)
+
+            def forward(self, x, t, **cond):
+                dtype = x.dtype
+                x = x.to(self.device)
+                if self.channels_last:
+                    x = to_channels_last(x)
+                cond = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+                with autocast(self.device, self.precision):
+                    out = self.inner(x, t.to(self.device), **cond)
+                return out.to(device=self.home, dtype=dtype)
+
+        _DEVICE_NETWORK_CLASS = DeviceNetwork
+    autocast_dtype(precision)  # checks the name
+    device = torch.device(device)
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return _DEVICE_NETWORK_CLASS(net, device, precision, channels_last, home)
+
+
+def prepare_denoiser(denoiser, device, precision: str = "fp32", *, compile: bool = False,
+                     channels_last: bool = False):
+    """A sampling-ready copy of ``denoiser`` whose network runs on ``device`` under autocast for ``precision``
+    (channels-last and ``torch.compile`` when asked), behind :func:`device_network`'s boundary.
+
+    The sampler keeps working on the CPU in x's dtype (fp32 / fp64): only the network sees the device and
+    bf16 / fp16, and its output is cast back. A denoiser without a ``.net`` module (e.g. a function
+    denoiser) can only run with the defaults (CPU, fp32, eager).
+    """
+    import copy
+
+    import torch
+
     from .errors import UserError
 
     device = torch.device(device)
     net = getattr(denoiser, "net", None)
-    plain = device.type == "cpu" and precision == "fp32" and not compile and not channels_last
-    if plain:
+    if device.type == "cpu" and precision == "fp32" and not compile and not channels_last:
         return denoiser
     if not isinstance(net, torch.nn.Module):
         raise UserError(f"--device/--precision/--compile/--channels-last need a network model; "
                         f"{type(denoiser).__name__} has none; sample it with the defaults")
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    denoiser.net = compile_module(net, device) if compile else net
-    autocast_dtype(precision)  # checks the name
-
-    class PrecisionDenoiser(Denoiser):
-        """Runs ``inner`` on ``device`` under autocast; x0_hat comes back in x's dtype and device."""
-
-        def __init__(self, inner):
-            super().__init__(inner.schedule)
-            self.inner = inner
-            self.net = inner.net
-
-        @property
-        def num_classes(self):
-            return getattr(self.inner, "num_classes", None)
-
-        @property
-        def null_class(self):
-            return self.inner.null_class
-
-        def denoise(self, x, t, **cond):
-            x_dev = x.to(device)
-            if channels_last:
-                x_dev = to_channels_last(x_dev)
-            cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-            with autocast(device, precision):
-                out = self.inner.denoise(x_dev, t.to(device), **cond)
-            return out.to(device=x.device, dtype=x.dtype).contiguous()
-
-    return PrecisionDenoiser(denoiser)
+    prepared = copy.copy(denoiser)  # the caller's denoiser (e.g. a cached zoo model) keeps its network
+    boundary = device_network(copy.deepcopy(net), device, precision, channels_last=channels_last)
+    if compile:
+        boundary.inner = compile_module(boundary.inner, device)
+    prepared.net = boundary
+    return prepared

@@ -382,12 +382,13 @@ def run_train(args) -> str | None:
         clear_run_files(out)
     distributed.init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(train_config.seed)
-    net = build_net(cfg["net"]).to(device)
+    net = build_net(cfg["net"])
     tensors = (dataset.x, dataset.y) if conditional else (dataset.x,)
     with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
         trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
                           extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg},
-                          thread_governor=ThreadGovernor())
+                          thread_governor=ThreadGovernor(),
+                          network_device=device if device.type != "cpu" else None)
     if args.resume:
         trainer.resume(out)
     if distributed.is_main_process():

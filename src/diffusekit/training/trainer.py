@@ -103,6 +103,10 @@ class Trainer:
     gets the EMA model when EMA is on (else the raw model in eval mode) and runs on the
     main process only.
 
+    ``network_device`` (e.g. ``"cuda"``): move the model there and put it behind
+    :func:`~diffusekit.runtime.device_network`'s boundary; data, ``loss_fn`` and the schedules stay on the
+    CPU, only the network's forward and backward run on the device (``diffusekit train --device``).
+
     Files (main process only, in ``out_dir``): ``log.jsonl``, ``checkpoint.safetensors``
     and ``checkpoint.json``. Attributes: ``model`` (the module passed in), ``ema_model``
     (or None), ``optimizer``, ``step`` (completed optimizer steps), ``data_generator``,
@@ -120,6 +124,7 @@ class Trainer:
         eval_fn: EvalFn | None = None,
         extra_config: Mapping | None = None,
         thread_governor: Callable[[], int] | None = None,
+        network_device: str | torch.device | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -184,19 +189,24 @@ class Trainer:
             raise ValueError("checkpoint_every > 0 needs out_dir to write checkpoints to")
 
         self.model = model
-        self.device = params[0].device
         runtime.autocast_dtype(config.precision)  # checks the name
-        self.grad_scaler = runtime.grad_scaler(self.device, config.precision)
-        if config.channels_last:
+        forward_model = model
+        if network_device is not None:  # the network on the device, data and loss on the CPU
+            forward_model = runtime.device_network(model, network_device, config.precision,
+                                                   channels_last=config.channels_last)
+        elif config.channels_last:
             model.to(memory_format=torch.channels_last)
+        net_device = params[0].device
+        self.device = torch.device("cpu") if network_device is not None else net_device  # where batches go
+        self.grad_scaler = runtime.grad_scaler(self.device, config.precision)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            device_ids = [net_device.index] if net_device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters and buffers here, so all ranks start equal.
-            self.train_model: torch.nn.Module = DistributedDataParallel(model, device_ids=device_ids)
+            self.train_model: torch.nn.Module = DistributedDataParallel(forward_model, device_ids=device_ids)
         else:
-            self.train_model = model
+            self.train_model = forward_model
         self._ddp_model = self.train_model
         if config.compile:
             self.train_model = runtime.compile_module(self.train_model, self.device)
