@@ -71,12 +71,8 @@ class DPMLatent:
     eta: float
 
     def detach(self) -> DPMLatent:
+        """The same latent without autograd history."""
         return DPMLatent(self.x_T.detach(), self.noises.detach(), self.ts, self.eta)
-
-    def flat(self) -> torch.Tensor:
-        """All latent coordinates of each sample, (B, (n + 1) * prod(x.shape[1:]))."""
-        b = self.x_T.shape[0]
-        return torch.cat([self.x_T.reshape(b, -1), self.noises.transpose(0, 1).reshape(b, -1)], dim=1)
 
 
 def ddim_step_coefficients(schedule, s, t, eta: float) -> tuple[torch.Tensor, ...]:
