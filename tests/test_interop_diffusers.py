@@ -399,3 +399,23 @@ def test_dit_folder_and_bare_model_folder(tmp_path, x_T):
         torch.testing.assert_close(den.eps(x_T, den.schedule.t_of_timestep(250), class_labels=labels), eps)
     with pytest.raises(UserError, match="not a folder"):
         load_diffusers_denoiser(tmp_path / "missing")
+
+
+def test_every_supported_sampler_runs_inside_a_diffusers_loop(unet, x_T):
+    """Each registered fixed-grid sampler (multi-evaluation steps, stochastic ones with the loop's generators)
+    gives its native result inside diffusers' loop, one model call per entry of ``timesteps``."""
+    from diffusekit.samplers import SAMPLERS
+
+    names = supported_samplers()
+    assert {"heun", "dpm_solver_pp_3s", "pndm", "unipc_bh2_3", "ddpm"} <= set(names)
+    for name in names:
+        info = SAMPLERS[name]
+        scheduler = DiffuseKitScheduler.from_diffusers(diffusers.DDPMScheduler(prediction_type="v_prediction"),
+                                                       sampler=name, grid="logsnr")
+        gen = (lambda: generators_from_seeds(SEEDS)) if info.stochastic else (lambda: None)
+        theirs = run_diffusers(scheduler, unet, x_T, 4, generator=gen())
+        with torch.no_grad():
+            ours = info.fn(load_from_scheduler(unet, scheduler), x_T, scheduler.ts,
+                           **({"generator": gen()} if info.stochastic else {}))
+        assert len(scheduler.timesteps) == info.nfe(scheduler.ts) or info.nfe(scheduler.ts) is None, name
+        torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=1e-12, msg=name)
