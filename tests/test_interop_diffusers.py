@@ -419,3 +419,17 @@ def test_every_supported_sampler_runs_inside_a_diffusers_loop(unet, x_T):
                            **({"generator": gen()} if info.stochastic else {}))
         assert len(scheduler.timesteps) == info.nfe(scheduler.ts) or info.nfe(scheduler.ts) is None, name
         torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_scheduler_on_a_flow_matching_pipeline(unet, x_T):
+    """From FlowMatchEulerDiscreteScheduler: velocity prediction on x = (1 - sigma) x0 + sigma eps, network time
+    1000 sigma; our default sampler and grid run from sigma = 1 and add_noise is the flow interpolation."""
+    scheduler = DiffuseKitScheduler.from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    assert scheduler.config.process == "flow" and scheduler.prediction == "velocity"
+    theirs = run_diffusers(scheduler, unet, x_T, 6)
+    assert float(scheduler.timesteps[0]) == 1000.0
+    with torch.no_grad():
+        ours = sample(scheduler.config.sampler, load_from_scheduler(unet, scheduler), x_T, scheduler.ts)
+    torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=1e-12)
+    x0, eps = torch.randn(2, 3), torch.randn(2, 3)
+    torch.testing.assert_close(scheduler.add_noise(x0, eps, torch.tensor([250.0, 250.0])), 0.75 * x0 + 0.25 * eps)
