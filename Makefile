@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]" torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps "torchcfm>=1.0"  # see the dev extra in pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -32,6 +32,7 @@ class CLIError(UserError):
 # checkpoint kind (extra_config["kind"]) -> (module, loader(tensors, meta, path) -> Denoiser)
 _CHECKPOINT_LOADERS = {
     "latent": (".methods.latent.checkpoint", "load_latent_denoiser"),
+    "cfm": (".methods.flow_matching", "load_cfm_denoiser"),
 }
 
 
@@ -527,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_translate_arguments(tr)
     tr.set_defaults(func=run_translate)
+
+    from .interop.cli import EXPORT_HELP, add_export_arguments, run_export
+
+    ex = sub.add_parser("export", help=EXPORT_HELP, formatter_class=fmt, parents=[common])
+    add_export_arguments(ex)
+    ex.set_defaults(func=run_export)
 
     z = sub.add_parser("zoo", help="shipped model assets", formatter_class=fmt)
     zsub = z.add_subparsers(dest="zoo_command", required=True)
