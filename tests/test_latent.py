@@ -206,7 +206,10 @@ def test_refiner_runs_every_sampler_in_both_formulations(digits, formulation):
 
 
 # ------------------------------------------------------------------------------------------------ quick bench
-def test_quick_bench_refiner_improves_on_the_vae_and_nets_match(quick_bench):
+def test_quick_bench_refiner_improves_on_the_vae_and_latent_learns_faster(quick_bench):
+    """DiffuseVAE: 20 refiner steps give a lower digits-FD than the VAE's own D(z) (measured at this size: 157 vs
+    200; one step is worse than the VAE, 470). LDM: at equal (few) steps and parameters the latent model is
+    closer to the data than the pixel model (measured: digits 309 vs 554, patches 60 vs 249)."""
     r = quick_bench
     dv = r["diffusevae"]["rows"]
     assert dv["refiner@20"]["fd"] < dv["vae"]["fd"], dv
@@ -215,4 +218,5 @@ def test_quick_bench_refiner_improves_on_the_vae_and_nets_match(quick_bench):
         assert rows["pixel"]["steps"] == rows["latent"]["steps"] == r[name]["train_steps"]
         assert abs(rows["latent"]["params"] / rows["pixel"]["params"] - 1) < 0.01
         assert rows["autoencoder_reconstruction"]["fd"] < rows["latent"]["fd"]  # the AE is the latent model's floor
+        assert rows["latent"]["fd"] < rows["pixel"]["fd"], (name, rows)
     assert r["digits"]["latent_shape"] == [2, 4, 4] and r["patches"]["latent_shape"] == [2, 8, 8]
