@@ -395,8 +395,12 @@ def load_dpm_ot(path) -> tuple[SemiDiscreteOT, torch.Tensor]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), "pt") as f:
-        if (f.metadata() or {}).get("format") != "diffusekit.dpm_ot":
-            raise ValueError(f"{path} is not a diffusekit DPM-OT file")
-    state = load_file(str(path))
+    try:
+        with safe_open(str(path), "pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+        state = load_file(str(path)) if fmt == "diffusekit.dpm_ot" else None
+    except Exception as err:  # safetensors raises its own error types for unreadable files
+        raise ValueError(f"cannot read {path} as a DPM-OT map: {err}") from None
+    if state is None:
+        raise ValueError(f"{path} is not a diffusekit DPM-OT file (written by save_dpm_ot)")
     return SemiDiscreteOT.from_state_dict(state), state["ts_after"]
