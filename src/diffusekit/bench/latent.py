@@ -10,14 +10,15 @@ of optimizer steps (AdamW lr 2e-3, batch 64, EMA 0.995, eps prediction, linear d
 dropout 0.1 on digits). The two nets differ only in the input/output channels of their first and last
 convolutions, so their parameter counts agree to well under 1% (both are reported). Wall time is reported,
 never used as the budget. Samples: DDIM, 20 steps on the trailing grid, guidance 1 (the conditional model), 100
-per class for digits; 1000 for patches. Quality: digits-FD to the test split (``metrics.digits_fd`` with the
-zoo's digits classifier) and class accuracy; for patches, the Frechet distance of raw pixels (256-d) to 1000
-fresh crops of the train images. The autoencoder's own reconstruction FD of the test split is the floor the
-latent model can reach. ``sample_ms_per_image`` is the sampling wall time per image (decode included).
+per class for digits (and at CFG scale 2: the DDIM + CFG stack of arXiv 2412.14422); 1000 for patches.
+Quality: digits-FD to the test split (``metrics.digits_fd`` with the zoo's digits classifier) and class
+accuracy; for patches, the Frechet distance of raw pixels (256-d) to 1000 fresh crops of the train images. The
+autoencoder's own reconstruction FD of the test split is the floor the latent model can reach.
+``sample_ms_per_image`` is the sampling wall time per image (decode included).
 
-DiffuseVAE on digits: a VAE (vector latent of 16, beta 1) and a formulation-1 refiner (``RefinerUNet``, same
-width) trained for the same steps; from the same 1000 prior latents z ~ N(0, I), the FD of the VAE's D(z)
-alone and of the refiner's output after 1, 5 and 20 DDIM steps.
+DiffuseVAE on digits: a VAE (vector latent of 16, beta 1; 1000 updates) and a formulation-1 refiner
+(``RefinerUNet``, width 32, 1500 updates; quick: 300 and 1000 at width 16); from the same 1000 prior latents
+z ~ N(0, I), the FD of the VAE's D(z) alone and of the refiner's output after 1, 5 and 20 DDIM steps.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 
 import torch
 
-from ..core import VPDiscrete, make_grid, prior_sample
+from ..core import CFGDenoiser, VPDiscrete, make_grid, prior_sample
 from ..data import load_dataset
 from ..methods.latent import LatentDenoiser, encode_dataset, latent_unet, train_autoencoder
 from ..methods.latent.diffusevae import train_diffusevae
@@ -37,6 +38,7 @@ from ..training import DiffusionLoss, TrainConfig, Trainer
 from . import bench_progress, register_bench
 
 SAMPLE_STEPS = 20
+CFG_SCALE = 2.0
 REFINER_STEPS = (0, 1, 5, 20)  # 0: the VAE alone
 # *_width: UNet base channels (pixel and latent nets alike); ae_width: the autoencoders'; the DiffuseVAE refiner
 # needs about 1000 updates before its 20-step output beats the VAE (measured: 600 updates at width 16 did not)
@@ -60,16 +62,16 @@ def _train_net(net: torch.nn.Module, data: tuple, steps: int, seed: int) -> tupl
                                             "params": count_parameters(net)}
 
 
-def _sample(denoiser, shape: tuple, labels, seed: int) -> tuple[torch.Tensor, float]:
-    """(images clipped to [-1, 1], wall ms per image) with DDIM on the trailing grid; latents are decoded."""
+def _sample(denoiser, shape: tuple, labels, seed: int, decode=None) -> tuple[torch.Tensor, float]:
+    """(images clipped to [-1, 1], wall ms per image) with DDIM on the trailing grid, then ``decode`` (latents)."""
     ts = make_grid("trailing", denoiser.schedule, SAMPLE_STEPS)
     cond = {"class_labels": labels} if labels is not None else {}
     t0 = time.perf_counter()
     with torch.no_grad():
         x = sample_ddim(denoiser, prior_sample(denoiser.schedule, shape, torch.Generator().manual_seed(seed)), ts,
                         cond=cond)
-        if isinstance(denoiser, LatentDenoiser):
-            x = denoiser.decode(x)
+        if decode is not None:
+            x = decode(x)
     return x.clamp(-1, 1), 1000 * (time.perf_counter() - t0) / shape[0]
 
 
@@ -114,10 +116,14 @@ def _pixel_vs_latent(name: str, p: dict, classifier) -> tuple[dict, dict]:
     rows, shown = {}, {}
     for method, den in denoisers.items():
         shape = (n, *x.shape[1:]) if method == "pixel" else (n, *ae.latent_shape)
-        samples, ms = _sample(den, shape, eval_labels, seed=3)
+        samples, ms = _sample(den, shape, eval_labels, seed=3, decode=getattr(den, "decode", None))
         rows[method] = {**quality(samples, eval_labels), "sample_ms_per_image": ms,
                         **(pixel_info if method == "pixel" else latent_info)}
         shown[method] = samples
+        if labels is not None:  # the baseline stack of arXiv 2412.14422: DDIM + classifier-free guidance
+            samples, ms = _sample(CFGDenoiser(den, CFG_SCALE), shape, eval_labels, seed=3,
+                                  decode=getattr(den, "decode", None))
+            rows[f"{method}+cfg{CFG_SCALE:g}"] = {**quality(samples, eval_labels), "sample_ms_per_image": ms}
     rows["autoencoder_reconstruction"] = {**quality(recon, reference_labels), "params": count_parameters(ae),
                                           "steps": ae_info["steps"], "seconds": ae_info["seconds"],
                                           "test_mse": float((recon - reference).pow(2).mean()),
