@@ -8,9 +8,10 @@ from diffusekit.bench import run_bench
 from diffusekit.core import CFGDenoiser, VPDiscrete, make_grid, prior_sample
 from diffusekit.data import load_dataset
 from diffusekit.errors import UserError
-from diffusekit.methods.latent import (KLAutoencoder, LatentDenoiser, encode_dataset, kl_divergence, latent_unet,
-                                       load_autoencoder, load_latent_checkpoint, save_autoencoder,
-                                       save_latent_checkpoint, train_autoencoder, train_latent_diffusion)
+from diffusekit.methods.latent import (AutoencoderLoss, KLAutoencoder, LatentDenoiser, encode_dataset,
+                                       kl_divergence, latent_unet, load_autoencoder, load_latent_checkpoint,
+                                       save_autoencoder, save_latent_checkpoint, train_autoencoder,
+                                       train_latent_diffusion)
 from diffusekit.methods.latent.diffusevae import (DiffuseVAE, RefinerDenoiser, RefinerLoss, RefinerUNet,
                                                   train_diffusevae)
 from diffusekit.samplers import SAMPLERS
@@ -100,6 +101,24 @@ def test_autoencoder_rejects_wrong_shapes():
         ae.decode(torch.zeros(2, 4, 4, 4))
     with pytest.raises(ValueError, match="divisible"):
         KLAutoencoder(1, 6, 2, 2)
+    with pytest.raises(ValueError, match="classifier"):
+        AutoencoderLoss(1e-3, perceptual_weight=0.1)
+
+
+def test_perceptual_term_compares_classifier_features():
+    from diffusekit import zoo
+
+    classifier = zoo.load("digits_classifier")
+    torch.manual_seed(0)
+    ae = KLAutoencoder(1, 8, 2, 1, 8)
+    x = load_dataset("digits", "test").x[:4]
+    plain, perceptual = AutoencoderLoss(1e-3), AutoencoderLoss(1e-3, perceptual_weight=0.5, classifier=classifier)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    terms = perceptual.terms(ae, x, g())
+    recon = ae(x, g())[0]
+    expected = (classifier.features(recon) - classifier.features(x)).pow(2).sum(1)
+    torch.testing.assert_close(terms["perceptual"], expected)
+    torch.testing.assert_close(perceptual(ae, (x,), g()), plain(ae, (x,), g()) + 0.5 * expected)
 
 
 # ------------------------------------------------------------------------------------------------ latent denoiser
