@@ -190,7 +190,7 @@ def _run_pair(pair: str, sizes: dict) -> tuple[dict, dict]:
     steps_budget = sizes["train_steps"]
     x0_train, x1_train = _data(pair, sizes["n_train"], "train")
     x0_test, x1_test = _data(pair, sizes["n_test"], "test")
-    x1_other = x1_train[: sizes["n_test"]]  # an independent target sample of the same size: the W2 floor
+    _, x1_other = _data(pair, sizes["n_test"], "train")  # an independent target draw of n_test points: W2 floor
     gaussian = x0_train is None
     data = (x1_train,) if gaussian else (x0_train, x1_train)
     x0 = _draw_source(x0_test, sizes["n_test"])
