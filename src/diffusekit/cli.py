@@ -33,6 +33,7 @@ class CLIError(UserError):
 _CHECKPOINT_LOADERS = {
     "latent": (".methods.latent.checkpoint", "load_latent_denoiser"),
     "cfm": (".methods.flow_matching", "load_cfm_denoiser"),
+    "interpolant": (".train_objectives", "load_interpolant_denoiser"),
 }
 
 
@@ -231,7 +232,10 @@ def cmd_sample(args) -> int:
         steps = native["steps"] if use_native else DEFAULT["steps"] if args.steps is None else args.steps
         info = get_sampler(sampler)
         opts = _sampler_options(args, info)
-        shape = _sample_shape(denoiser, args)
+        # a latent-diffusion model samples latents and decodes them to images at the end
+        latent_shape = getattr(denoiser, "latent_shape", None)
+        shape = tuple(latent_shape) if latent_shape is not None else _sample_shape(denoiser, args)
+        out_shape = tuple(denoiser.image_shape) if latent_shape is not None else shape
         labels = _parse_labels(args.class_label, args.count, denoiser.num_classes)
         if labels is None and args.guidance != 1.0:
             raise CLIError(f"--guidance {args.guidance:g} needs a class-conditional model; this one is "
@@ -252,7 +256,7 @@ def cmd_sample(args) -> int:
                                 compile=getattr(args, "compile", False),
                                 channels_last=getattr(args, "channels_last", False))
         den = CFGDenoiser(base, args.guidance) if labels is not None and args.guidance != 1.0 else base
-    if len(shape) != 3 and out.suffix == ".png":
+    if len(out_shape) != 3 and out.suffix == ".png":
         raise CLIError("PNG output needs image samples; use .npz for vectors")
     schedule = denoiser.schedule
     gens = generators_from_seeds(args.seed, args.count)
@@ -266,6 +270,8 @@ def cmd_sample(args) -> int:
     # the sampler validates its grid and options first: a ValueError from it is about the user's choices
     with torch.no_grad(), bar, user_input(f"--sampler {sampler}: ", kinds=(ValueError,)):
         x = info.fn(_with_progress(den, bar), x_T, ts, **opts)
+        if latent_shape is not None:
+            x = denoiser.decode(x)
     if out.suffix == ".png":
         save_image_grid(x, out, nrow=min(10, args.count))
     else:
@@ -295,6 +301,8 @@ def _sample_shape(denoiser, args) -> tuple:
     size = args.size if args.size is not None else planned
     if size is None:
         raise CLIError("--size is needed for this image model (side length of the images)")
+    if cfg.get("dims") == 1:  # a 1-D UNet over signals (N, C, L)
+        return (cfg.get("in_channels", 1), size)
     return (cfg.get("in_channels", 1), size, size)
 
 

@@ -1,6 +1,6 @@
 """``diffusekit train``: a diffusion model on a bundled dataset or your own data, from a YAML config and/or flags.
 
-A YAML config has up to six entries, each optional, and flags override single fields:
+A YAML config has up to eight entries, each optional, and flags override single fields:
 
     data:     {name: digits, n: null, options: {}}       # or folder:PATH / npz:PATH / csv:PATH (data.user)
     net:      {name: unet, base_channels: 32, ...}       # default: MLP for vectors, UNet for images/signals
@@ -8,6 +8,8 @@ A YAML config has up to six entries, each optional, and flags override single fi
     loss:     {prediction: eps, weighting: uniform, label_dropout: 0.1}
     train:    {steps: 2000, batch_size: 128, lr: 0.002, grad_accum_steps: 1, precision: fp32, ...}  # TrainConfig
     conditional: true                                     # train on the dataset's class labels
+    objective: {name: cfm, coupling: ot}                  # diffusion (default), cfm or interpolant; see
+    latent: runs/ae                                       #   train_objectives (latent: an autoencoder folder)
 
 The output folder gets ``config.yaml`` (the resolved config, written before training starts),
 ``checkpoint.safetensors`` + ``checkpoint.json`` (every ``checkpoint_every`` steps, at the end, and on
@@ -24,13 +26,14 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError, user_input
 
-SECTIONS = ("data", "net", "schedule", "loss", "train", "conditional")
+SECTIONS = ("data", "net", "schedule", "loss", "train", "conditional", "objective", "latent")
 DATA_KEYS = ("name", "n", "options")
 CONFIG_FILE = "config.yaml"
 DEFAULT_STEPS = 2000
@@ -63,6 +66,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", "--backbone", dest="net", default=None,
                    help="network family, one of: " + ", ".join(sorted(NETS)) + " (default: mlp for vectors, unet for "
                    "images and signals)")
+    from .train_objectives import COUPLINGS, OBJECTIVES
+
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="what to train: a diffusion model, conditional flow matching (cfm) or a stochastic "
+                        "interpolant (default: diffusion; options in the config's objective section)")
+    p.add_argument("--coupling", default=None, choices=COUPLINGS,
+                   help="cfm coupling of noise and data: independent (I-CFM), ot (exact minibatch OT, POT), sb "
+                        "(entropic OT), target (Lipman FM), vp (default: independent)")
+    p.add_argument("--latent", default=None,
+                   help="folder of a trained autoencoder: train the diffusion model in its latent space "
+                        "(sampling decodes)")
     p.add_argument("--schedule", default=None, choices=["vp_discrete", "vp_linear", "ve", "flow"],
                    help="noise schedule (default: vp_discrete, linear betas, 1000 steps)")
     p.add_argument("--prediction", default=None, help="eps, x0, v, score, velocity or edm (default: eps)")
@@ -140,12 +154,16 @@ def resolve_config(args) -> dict:
         cfg["net"] = {"name": net_name}
     if args.schedule is not None:
         cfg["schedule"] = {"name": args.schedule}
-    cfg.setdefault("schedule", {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000})
     loss = cfg.setdefault("loss", {})
     for key in ("prediction", "weighting", "label_dropout"):
         if getattr(args, key) is not None:
             loss[key] = getattr(args, key)
-    loss.setdefault("prediction", "eps")
+    from .train_objectives import resolve_objective
+
+    resolve_objective(cfg, args)
+    if cfg["objective"]["name"] == "diffusion":
+        cfg.setdefault("schedule", {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000})
+        loss.setdefault("prediction", "eps")
     train = cfg.setdefault("train", {})
     for key in ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed", "max_seconds", "checkpoint_every",
                 "grad_accum_steps", "precision", "compile", "channels_last"):
@@ -228,7 +246,8 @@ def check_config(cfg: dict) -> None:
         raise UserError(f"data options must be a mapping; got {cfg['data']['options']!r}")
     if "conditional" in cfg and not isinstance(cfg["conditional"], bool):
         raise UserError(f"conditional must be true or false; got {cfg['conditional']!r}")
-    _check_options("loss", cfg["loss"], DiffusionLoss, _loss_keys())
+    if cfg["objective"]["name"] == "diffusion":
+        _check_options("loss", cfg["loss"], DiffusionLoss, _loss_keys())
     net = cfg.get("net")
     if net:
         name = net.get("name")
@@ -315,6 +334,8 @@ def clear_run_files(out: Path) -> None:
 def _saved_config(cfg: dict) -> dict:
     """What config.yaml holds: the resolved config without run-local settings (progress) or long arrays."""
     train = {k: v for k, v in cfg["train"].items() if k != "progress"}
+    if "schedule" not in cfg:
+        return {**cfg, "train": train}
     schedule = {k: v for k, v in cfg["schedule"].items() if k != "betas"}
     return {**cfg, "schedule": schedule, "train": train}
 
@@ -345,7 +366,8 @@ def run_train(args) -> str | None:
     from .runtime import ThreadGovernor, resolve_device
     from .training import distributed
     from .training.config import TrainConfig
-    from .training.losses import DiffusionLoss
+    from .train_objectives import (autoencoder_net, build_autoencoder, build_objective, encode_latents,
+                                   finish_autoencoder)
     from .training.trainer import Trainer
 
     out = Path(args.out)
@@ -364,13 +386,21 @@ def run_train(args) -> str | None:
         if conditional and dataset.y is None:
             raise UserError(f"--conditional: dataset {data_cfg['name']!r} has no labels")
         num_classes = dataset.info.get("num_classes") if conditional else None
-        cfg["net"] = default_net(tuple(dataset.x.shape), num_classes, cfg.get("net"))
-        schedule = schedule_from_config(cfg["schedule"])
-        cfg["schedule"] = schedule.config()
-        loss = DiffusionLoss(schedule, **cfg["loss"])
+        x = encode_latents(cfg, dataset.x)  # the dataset itself without a latent: section
+        autoencoder = cfg["objective"]["name"] == "autoencoder"
+        if autoencoder:
+            cfg["net"] = autoencoder_net(cfg, tuple(x.shape))
+        else:
+            cfg["net"] = default_net(tuple(x.shape), num_classes, cfg.get("net"))
+        schedule = None
+        if "schedule" in cfg:
+            schedule = schedule_from_config(cfg["schedule"])
+            cfg["schedule"] = schedule.config()
+        loss, objective_extra = build_objective(cfg, schedule, conditional=conditional)
         train_config = TrainConfig.from_dict(cfg["train"])
         cfg["train"] = {k: v for k, v in train_config.to_dict().items() if k in cfg["train"]}  # "1e-3" -> 0.001
-        build_net(cfg["net"])  # the options are checked before DDP starts
+        make_net = (lambda: build_autoencoder(cfg["net"])) if autoencoder else (lambda: build_net(cfg["net"]))
+        make_net()  # the options are checked before DDP starts
         device = resolve_device(getattr(args, "device", "auto"))
         if train_config.compile:
             from .runtime import compile_unavailable_reason
@@ -382,11 +412,11 @@ def run_train(args) -> str | None:
         clear_run_files(out)
     distributed.init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(train_config.seed)
-    net = build_net(cfg["net"])
-    tensors = (dataset.x, dataset.y) if conditional else (dataset.x,)
+    net = make_net()
+    tensors = (x, dataset.y) if conditional else (x,)
     with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
         trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
-                          extra_config={"schedule": cfg["schedule"], "loss": cfg["loss"], "data": data_cfg},
+                          extra_config={**objective_extra, "data": data_cfg},
                           thread_governor=ThreadGovernor(),
                           network_device=device if device.type != "cpu" else None)
     if args.resume:
@@ -397,6 +427,11 @@ def run_train(args) -> str | None:
     try:
         history = trainer.fit()
         finished = True
+        if autoencoder and history["step"] >= train_config.steps:  # a finished first stage gets its latent scale
+            scale = finish_autoencoder(trainer, x)
+            trainer.save(out)  # every rank calls it; rank 0 writes
+            if distributed.is_main_process():
+                print(f"latent scale factor {scale:.4g} fitted on the training images", file=sys.stderr)
     finally:
         if distributed.is_main_process() and trainer._loss_history:
             save_loss_plot(trainer._loss_history, out / "loss.png", title=f"{data_cfg['name']}: {cfg['net']['name']}")

@@ -48,6 +48,7 @@ DEFAULT: dict = {"sampler": "unipc_bh2_3", "grid": "searched", "steps": 10, "opt
                  "fallback": {"beta": 0.0, "start": (0.75, 1.0), "end": (0.1, 0.0), "blend_steps": (10, 40)}}
 
 S_TOP = math.exp(5.1)  # the warp starts at most here (DPM-Solver's lam >= -5.1); infinite for flow at t = 1
+S_BOTTOM = 1e-3  # and ends at least here (a flow model trained to t = 0 has s = sigma/alpha = 0 at its t_min)
 REFERENCE_STEPS = 400
 FIXED_SEEDS = ("uniform", "logsnr", "quadratic", "karras", "linspace", "leading", "trailing")
 BETA_RANGE, START_RANGE, END_RANGE = (-1.0, 2.0), (0.3, 1.0), (0.0, 0.6)
@@ -86,7 +87,8 @@ def grid_warped(schedule, steps: int, *, beta: float = 0.0, start: float = 1.0, 
     if steps == 1:
         return torch.tensor([t_max, 0.0], dtype=torch.float64)
     s_top = min(float(schedule.sigma_tilde(t_max)), S_TOP)
-    s_min = float(schedule.sigma_tilde(t_min))
+    # a schedule trained down to t_min = 0 (s = 0) gets the grid's low end at S_BOTTOM, below every shipped t_min
+    s_min = max(float(schedule.sigma_tilde(t_min)), S_BOTTOM)
     log_top, log_min = math.log(s_top), math.log(s_min)
     log_lo = log_min + end * (log_top - log_min)
     log_hi = log_lo + start * (log_top - log_lo)
