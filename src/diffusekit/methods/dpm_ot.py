@@ -366,6 +366,8 @@ def sample_dpm_ot(denoiser: Denoiser, ot_map: SemiDiscreteOT, n: int, *, ts_afte
 
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}")
+    if isinstance(max_tries, bool) or int(max_tries) != max_tries or max_tries < 1:
+        raise ValueError(f"max_tries must be a positive integer; got {max_tries!r}")
     info = get_sampler(sampler)
     ts_after = torch.as_tensor(ts_after, dtype=torch.float64)
     u, redraws = _draw_regular(ot_map, int(n), generator, topk, angle_threshold, max_tries)
