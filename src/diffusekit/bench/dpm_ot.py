@@ -172,6 +172,8 @@ def _run(quick: bool):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(NFES))], [f"NFE {k}" for k in NFES])
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
+        if key == "off_mode":
+            ax.axhline(ring["true_off_mode"], color="grey", ls=":", label="true data")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
 
