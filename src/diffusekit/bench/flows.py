@@ -9,7 +9,8 @@ std 0.3 at radius 2 -> four on the axes, std 0.3 at radius 2.5, ``core.gmm.Gauss
 counts per component: with multinomial counts the W2 between two 1000-samples is ~0.57, all of it count noise).
 
 Every model is the same ``MLPDenoiserNet(2, hidden=64, depth=3)`` called as net(x, 1000 t), trained by the generic
-``Trainer`` (AdamW lr 2e-3, batch 256, no EMA) for the same number of steps from the same initial weights (seed 0):
+``Trainer`` (AdamW lr 2e-3, batch 256, no EMA) for the same number of steps from the same initial weights (seed 0;
+the interpolant's eta net from seed 1):
 
 * I-CFM, OT-CFM (sigma = 0.1) and SB-CFM (sigma = 0.5, Sinkhorn plan with reg 2 sigma^2) from
   ``methods.flow_matching``; 1-RF = I-CFM with sigma = 0; the same three through torchcfm's
@@ -41,8 +42,8 @@ import torch
 from ..core.gmm import GaussianMixture
 from ..data import load_dataset
 from ..methods.flow_matching import CFMLoss, make_matcher
-from ..methods.interpolants import (InterpolantFields, InterpolantLoss, grid_interpolant, network_field,
-                                    sample_interpolant_sde)
+from ..methods.interpolants import (Interpolant, InterpolantFields, InterpolantLoss, grid_interpolant,
+                                    network_field, sample_interpolant_sde)
 from ..nets import MLPDenoiserNet
 from ..training import TrainConfig, Trainer
 from . import bench_progress, register_bench
@@ -181,8 +182,6 @@ def _evaluate(fields, x0, x1_test, eps: float = 0.0, *, with_straightness: bool 
 
 def _velocity_fields(net):
     """A CFM velocity network as interpolant fields (same time convention: net(x, 1000 t), t: 0 -> 1)."""
-    from ..methods.interpolants import Interpolant
-
     return InterpolantFields(Interpolant("linear", "zero"), velocity=network_field(net))
 
 
