@@ -189,7 +189,9 @@ def sample_annealed_langevin(denoiser: Denoiser, x: torch.Tensor, ts, *, n_steps
 
     ``step_lr`` is eps; None picks eps = d sigma_L^2 with d from ``ncsnv2_step_ratio`` (NCSNv2 Technique 4) for the
     ladder's geometric-mean ratio gamma = (sigma~_1/sigma~_L)^(1/(L-1)) of the VE-equivalent levels
-    sigma~ = sigma/alpha (= sigma for VE; levels at alpha = 0 left out). NFE: T per level, +1 for the denoising step.
+    sigma~ = sigma/alpha (= sigma for VE; levels at alpha = 0 left out). That default depends on the whole grid, so
+    to continue a chain on part of its ladder (DPM-OT's last steps) pass the chain's eps explicitly.
+    NFE: T per level, +1 for the denoising step.
     """
     if int(n_steps_each) != n_steps_each or n_steps_each < 1:
         raise ValueError(f"n_steps_each must be an integer >= 1; got {n_steps_each}")
