@@ -245,9 +245,9 @@ class _Run:
                           extra_config={"stage": name, **extra}, thread_governor=ThreadGovernor())
         if (folder / META_FILE).is_file():
             trainer.resume(folder)
-            if trainer.step < trainer.config.steps:
+            if trainer.step < trainer.config.steps and trainer.is_main:
                 print(f"{name}: resuming at step {trainer.step} of {trainer.config.steps}", file=sys.stderr)
-        if trainer.step < trainer.config.steps:
+        if trainer.step < trainer.config.steps and trainer.is_main:
             print(extra.get("what", name), file=sys.stderr)
         trainer.fit()
         self.train_seconds += trainer._train_seconds
@@ -423,13 +423,21 @@ def run_distill(args) -> int:
     from .training.checkpoint import META_FILE
     from .training.trainer import TrainingInterrupted
 
+    from .train_cli import launch_rank
+    from .training import distributed
+
     out = Path(args.out)
     if args.checkpoint_every is None or args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0; got {args.checkpoint_every}")
-    saved = _check_folder(out, resume=args.resume, overwrite=args.overwrite)
+    # under torchrun / accelerate launch every rank trains its shard of each stage; rank 0 checks --out and writes
+    is_main = launch_rank() == 0
+    saved = _check_folder(out, resume=args.resume, overwrite=args.overwrite) if is_main else None
+    if args.resume and not is_main:
+        saved = json.loads((out / RUN_FILE).read_text())["settings"]
     s = _settings(args, saved)
     if args.resume and (out / META_FILE).is_file():
-        print(f"{out} already holds the finished student; sample it with `diffusekit sample --model {out}`")
+        if is_main:
+            print(f"{out} already holds the finished student; sample it with `diffusekit sample --model {out}`")
         return 0
     with user_input(f"--teacher {s['teacher']}: "):
         teacher = load_denoiser(s["teacher"])
@@ -450,10 +458,11 @@ def run_distill(args) -> int:
     s["data"] = data_cfg
     with user_input(f"--method {s['method']}: "):
         _check_grids(s, teacher)
-    if not args.resume:
+    if not args.resume and is_main:
         if args.overwrite and out.exists():
             _clear_run(out)
         atomic_write_json(out / RUN_FILE, {"format": "diffusekit.distill", "settings": s})
+    distributed.init_distributed()  # a no-op without torchrun
     run = _Run(out, s, progress=not args.no_progress and sys.stderr.isatty(), checkpoint_every=args.checkpoint_every)
     data = (dataset.x, dataset.y) if conditional else (dataset.x,)
     torch.manual_seed(s["seed"])
@@ -472,10 +481,17 @@ def run_distill(args) -> int:
         else:
             student, native = distill_reflow(run, teacher, tuple(dataset.x.shape[1:]))
     except TrainingInterrupted as stop:
-        print(f"interrupted: {stop}; continue with `diffusekit distill --out {out} --resume`", file=sys.stderr)
+        if is_main:
+            print(f"interrupted: {stop}; continue with `diffusekit distill --out {out} --resume`", file=sys.stderr)
+        distributed.cleanup()
         return stop.exit_code
-    save_student(out, student, native, method=s["method"], teacher=s["teacher"],
-                 step=s["train_steps"], extra={"settings": s, "train_seconds": run.train_seconds})
+    if is_main:
+        save_student(out, student, native, method=s["method"], teacher=s["teacher"],
+                     step=s["train_steps"], extra={"settings": s, "train_seconds": run.train_seconds})
+    distributed.barrier()  # leave the process group together, once the student is written
+    distributed.cleanup()
+    if not is_main:
+        return 0
     print(f"distilled {s['teacher']} with {s['method']} into a {native['steps']}-step student ({native['sampler']}) "
           f"in {run.train_seconds:.0f} s of training; sample it with `diffusekit sample --model {out}`")
     return 0
