@@ -1,4 +1,5 @@
-"""``diffusekit distill`` under torchrun: two CPU ranks (gloo) train each stage together and rank 0 writes."""
+"""Scale-out of the CLI: `diffusekit distill` under torchrun (two CPU ranks train each stage, rank 0 writes), and
+`diffusekit quantize`, which leaves all work to rank 0."""
 
 import os
 import socket
@@ -35,3 +36,12 @@ def test_progressive_distillation_on_two_ranks(tmp_path):
     assert sorted(os.listdir(out / "stages")) == ["round1", "round2"]
     student = load_denoiser(str(out))
     assert student.native_sampling["steps"] == 2
+
+
+def test_quantize_leaves_the_work_to_rank_0(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", "zoo:digits_unet", "--method", "minmax", "--wbits", "8", "--abits", "8",
+                 "--out", str(out)]) == 0
+    assert "rank 0 quantizes" in capsys.readouterr().err
+    assert not out.exists()

@@ -177,6 +177,11 @@ def run_quantize(args) -> int:
     from .methods.quant.modules import weight_bytes
     from .methods.quant.pipeline import CALIB_SAMPLER, calibration_trajectories, get_method, open_bar, sample_shape
 
+    from .train_cli import launch_rank
+
+    if launch_rank() != 0:  # calibration and fine-tuning are not sharded: under torchrun rank 0 does all the work
+        print(f"quantize: rank {launch_rank()} has nothing to do (rank 0 quantizes and writes)", file=sys.stderr)
+        return 0
     _check_args(args)
     out = _check_out(args)
     with user_input():
