@@ -103,3 +103,25 @@ def test_unknown_objective_option_lists_the_allowed_ones(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) != 0
     line = _error_line(capsys)
     assert "couplng" in line and "coupling" in line
+
+
+def test_interpolant_loss_takes_per_example_generators():
+    """The trainer's loss_noise="per_example" hands one generator per example: an example's loss then does not
+    depend on the batch it is computed in (what resuming at another world size needs)."""
+    import torch
+
+    from diffusekit.methods.interpolants import InterpolantLoss
+    from diffusekit.nets import build_net
+
+    net = build_net({"name": "mlp", "dim": 2})
+    x1 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    loss = InterpolantLoss("linear", "brownian", "velocity")
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(6)]
+
+    whole = loss(net, (x1,), gens())
+    g = gens()
+    halves = torch.cat([loss(net, (x1[:2],), g[:2]), loss(net, (x1[2:],), g[2:])])
+    assert torch.allclose(whole, halves, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(whole, loss(net, (x1,), [torch.Generator().manual_seed(7 + i) for i in range(6)]))

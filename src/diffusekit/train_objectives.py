@@ -75,7 +75,7 @@ def resolve_objective(cfg: dict, args) -> None:
                             "own target (only loss.label_dropout applies to cfm)")
         if cfg.get("schedule") is not None:
             raise UserError(f"objective {name} has its own time convention; drop the schedule section / --schedule")
-    if name in ("autoencoder", "interpolant"):  # their losses draw from one generator per (micro-)batch
+    if name == "autoencoder":  # its loss draws from one generator per (micro-)batch
         cfg.setdefault("train", {}).setdefault("loss_noise", "per_rank")
     cfg["objective"] = objective
     if getattr(args, "latent", None) is not None:

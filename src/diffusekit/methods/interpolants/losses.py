@@ -32,6 +32,7 @@ import math
 import torch
 
 from ...core._tensor import per_sample
+from ...core.noise import randn
 from ...training import TrainConfig, Trainer
 from .paths import Interpolant
 
@@ -117,7 +118,7 @@ class InterpolantLoss:
         if len(batch) == 1:
             if interp.mirror:
                 return x1, x1
-            return torch.randn(x1.shape, generator=generator, dtype=x1.dtype).to(x1.device), x1
+            return randn(x1.shape, generator, dtype=x1.dtype, device=x1.device), x1
         if interp.one_sided or interp.mirror:
             raise ValueError(f"path {interp.path!r} takes batches (x1,): its x0 is "
                              f"{'x1 itself' if interp.mirror else 'N(0, I)'}")
@@ -125,6 +126,9 @@ class InterpolantLoss:
         if x0.shape != x1.shape:
             raise ValueError(f"x0 and x1 must have the same shape; got {tuple(x0.shape)} and {tuple(x1.shape)}")
         if self.pairing == "independent":
+            if isinstance(generator, (list, tuple)):
+                raise ValueError("reshuffling (x0, x1) pairs needs one generator for the batch; with per-example "
+                                 "generators pass pairs already shuffled and pairing='given'")
             x1 = x1[torch.randperm(x1.shape[0], generator=generator).to(x1.device)]
         return x0, x1
 
@@ -143,14 +147,18 @@ class InterpolantLoss:
             return x_t, d_dot
         return x_t, d_dot + per_sample(interp.noise_scale_dot(t), x1) * noise
 
-    def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, net: torch.nn.Module, batch, generator=None) -> torch.Tensor:
+        """Per-example losses; ``generator``: one CPU generator, a list of one per example (the trainer's
+        ``loss_noise="per_example"``), or None (the global RNG)."""
         x0, x1 = self.endpoints(batch, generator)
         b = x1.shape[0]
-        u = torch.rand(b, generator=generator, dtype=torch.float64).to(x1.device)
+        if isinstance(generator, (list, tuple)):  # the trainer's per-example noise: one generator per example
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generator]).to(x1.device)
+        else:
+            u = torch.rand(b, generator=generator, dtype=torch.float64).to(x1.device)
         t = self.t_min + (self.t_max - self.t_min) * u
         # the Gaussian n: x0 itself for one-sided paths, a fresh z otherwise
-        n = x0 if self.interpolant.one_sided else torch.randn(x1.shape, generator=generator,
-                                                             dtype=x1.dtype).to(x1.device)
+        n = x0 if self.interpolant.one_sided else randn(x1.shape, generator, dtype=x1.dtype, device=x1.device)
         field = self.field(net)
         signs = (1.0, -1.0) if self.antithetic else (1.0,)
         pairs = [self.targets(t, x0, x1, n, s) for s in signs]
