@@ -114,6 +114,9 @@ def test_interpolant_loss_takes_per_example_generators():
     from diffusekit.nets import build_net
 
     net = build_net({"name": "mlp", "dim": 2})
+    with torch.no_grad():  # its last layer starts at zero; any output will do here
+        for p in net.parameters():
+            p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
     x1 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     loss = InterpolantLoss("linear", "brownian", "velocity")
 
