@@ -42,10 +42,12 @@ CFG_SCALE = 2.0
 REFINER_STEPS = (0, 1, 5, 20)  # 0: the VAE alone
 # *_width: UNet base channels (pixel and latent nets alike); ae_width: the autoencoders'; the DiffuseVAE refiner
 # needs about 1000 updates before its 20-step output beats the VAE (measured: 600 updates at width 16 did not)
-FULL = {"digits_steps": 1500, "patches_steps": 800, "ae_steps": 1500, "vae_steps": 1000, "refiner_steps": 1500,
+FULL = {"digits_steps": 1500, "patches_steps": 800, "ae_steps": {"digits": 1000, "patches": 800},
+        "vae_steps": 1000, "refiner_steps": 1500,
         "n_patches_train": 20_000, "n_eval": 1000, "digits_width": 32, "patches_width": 16,
         "ae_width": {"digits": 32, "patches": 16}, "vae_width": 32, "refiner_width": 32}
-QUICK = {"digits_steps": 100, "patches_steps": 20, "ae_steps": 100, "vae_steps": 300, "refiner_steps": 1000,
+QUICK = {"digits_steps": 100, "patches_steps": 20, "ae_steps": {"digits": 100, "patches": 100},
+         "vae_steps": 300, "refiner_steps": 1000,
          "n_patches_train": 1000, "n_eval": 360, "digits_width": 8, "patches_width": 8,
          "ae_width": {"digits": 16, "patches": 8}, "vae_width": 16, "refiner_width": 16}
 
@@ -97,7 +99,7 @@ def _pixel_vs_latent(name: str, p: dict, classifier) -> tuple[dict, dict]:
         return {"fd": frechet_distance(samples.flatten(1).double(), reference.flatten(1).double())}
 
     ae, ae_info = train_autoencoder(x, latent_channels=2, downsample=1, base_channels=p["ae_width"][name],
-                                    beta=1e-3, steps=p["ae_steps"], seed=0)
+                                    beta=1e-3, steps=p["ae_steps"][name], seed=0)
     with torch.no_grad():
         recon = ae.reconstruct(reference).clamp(-1, 1)
     side = x.shape[-1]
