@@ -19,6 +19,13 @@ autoencoder's own reconstruction FD of the test split is the floor the latent mo
 DiffuseVAE on digits: a VAE (vector latent of 16, beta 1; 1000 updates) and a formulation-1 refiner
 (``RefinerUNet``, width 32, 1500 updates; quick: 300 and 1000 at width 16); from the same 1000 prior latents
 z ~ N(0, I), the FD of the VAE's D(z) alone and of the refiner's output after 1, 5 and 20 DDIM steps.
+
+Measured (full run, 474 s, 1 torch thread): digits-FD pixel 7.4 (accuracy 0.965) vs latent 19.3 (0.889) at 1500
+steps and 756k parameters each, autoencoder floor 1.0; at CFG 2: 54.8 (1.000) vs 26.0 (0.977). Sampling 5.7 vs
+1.7 ms per image. Patches pixel-FD 51.6 vs latent 22.5 at 800 steps (300k parameters), floor 1.6. DiffuseVAE:
+VAE 80.5, refiner 1 / 5 / 20 steps 370 / 74.3 / 56.5. So the latent model wins on patches and samples 3-5x
+faster, but on digits, at this budget, the pixel model is closer to the data (the quick run's 100 steps still
+favour the latent one); one refiner step is far worse than the VAE, five already better.
 """
 
 from __future__ import annotations
