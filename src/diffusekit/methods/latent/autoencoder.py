@@ -256,7 +256,9 @@ def save_autoencoder(path_dir: str | os.PathLike, model: KLAutoencoder, *, info:
 
 
 def load_autoencoder(path_dir: str | os.PathLike) -> KLAutoencoder:
-    """The :class:`KLAutoencoder` saved by :func:`save_autoencoder` in ``path_dir`` (eval mode, CPU, float32).
+    """The :class:`KLAutoencoder` saved in ``path_dir`` by :func:`save_autoencoder` or by ``diffusekit train
+    --objective autoencoder`` (eval mode, CPU, float32). It takes the raw (``model.``) weights, the ones the scale
+    factor was fitted on, even when the folder also holds an EMA copy.
 
     Raises UserError (CheckpointError) when the folder is missing, corrupt or not an autoencoder."""
     tensors, meta = load_checkpoint(path_dir)
