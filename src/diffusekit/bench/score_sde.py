@@ -114,6 +114,7 @@ def _run(quick: bool):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     mixtures = {"tri2d": tri2d_mixture, "ring2d": ring8_mixture}
     if not quick:
@@ -136,12 +137,14 @@ def _run(quick: bool):
             ys = [max(results[m][sname][label][str(b)]["nll_gap"], 1e-3) for b in budgets]
             ax.plot(budgets, ys, "o-", label=label, lw=2.5 if label == "pc" else 1.2)
         ax.axhline(max(abs(floors[m]["nll_gap"]), 1e-3), color="grey", ls=":", label="true vs true")
-        ax.set(xscale="log", yscale="log", xlabel="NFE", title=f"{m}, {sname}: NLL gap")
+        ax.set(xscale="log", yscale="log", xlabel="NFE", title=f"{m}, {sname}: NLL gap (clipped at 1e-3)")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].legend(fontsize=7)
     ax = axes[-1]
     for label in DIGITS_SAMPLERS:
         ax.plot(digit_budgets, [digits[label][str(b)]["digits_fd"] for b in digit_budgets], "o-", label=label)
-    ax.axhline(digits["floor_train_split"], color="grey", ls=":", label="train split")
+    ax.axhline(digits["floor_train_split"], color="grey", ls=":", label="train split (same count)")
     ax.set(xlabel="NFE", ylabel="digits FD", title="digits_unet (VP): FD vs NFE")
     ax.legend(fontsize=7)
     fig.tight_layout()
