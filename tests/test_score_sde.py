@@ -270,3 +270,13 @@ def test_quick_bench_shows_pc_ahead_of_the_predictor_at_equal_nfe(tmp_path):
     assert (tmp_path / "score_sde.json").exists() and (tmp_path / "score_sde.png").exists()
     rows = result["mixtures"]["tri2d"]["ve"]
     assert rows["pc"]["100"]["nll_gap"] < rows["reverse_diffusion"]["100"]["nll_gap"]
+
+
+def test_sub_vp_is_a_core_schedule_that_round_trips_its_config():
+    from diffusekit.core import SubVPSchedule, schedule_from_config
+
+    sched = SubVPSchedule(beta_min=0.2, beta_max=15.0, t_min=2e-3)
+    again = schedule_from_config(sched.config())
+    t = torch.linspace(0.01, 1.0, 7, dtype=torch.float64)
+    assert isinstance(again, SubVPSchedule) and again.config() == sched.config()
+    assert torch.equal(again.alpha(t), sched.alpha(t)) and torch.equal(again.sigma(t), sched.sigma(t))

@@ -77,7 +77,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent", default=None,
                    help="folder of a trained autoencoder: train the diffusion model in its latent space "
                         "(sampling decodes)")
-    p.add_argument("--schedule", default=None, choices=["vp_discrete", "vp_linear", "ve", "flow"],
+    p.add_argument("--schedule", default=None, choices=["vp_discrete", "vp_linear", "ve", "sub_vp", "flow"],
                    help="noise schedule (default: vp_discrete, linear betas, 1000 steps)")
     p.add_argument("--prediction", default=None, help="eps, x0, v, score, velocity or edm (default: eps)")
     p.add_argument("--weighting", default=None, help="loss weighting: uniform, min_snr or edm (default: uniform)")

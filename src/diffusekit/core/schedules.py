@@ -11,6 +11,7 @@ the smallest time a model is trained on. Families:
 * ``VPLinear``: the continuous VP-SDE with beta(t) = beta_0 + t (beta_1 - beta_0) (Song et al. 2021,
   arXiv 2011.13456): log alpha(t) = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2.
 * ``VESchedule``: variance exploding / EDM (Karras et al. 2022, arXiv 2206.00364): alpha = 1, sigma = t.
+* ``SubVPSchedule``: the sub-VP SDE (Song et al. 2021, arXiv 2011.13456): alpha as ``VPLinear``, sigma = 1 - alpha^2.
 * ``FlowSchedule``: rectified flow / flow matching (Liu et al. 2022, arXiv 2209.03003; Lipman et al.
   2022, arXiv 2210.02747): alpha = 1 - t, sigma = t.
 """
@@ -413,7 +414,70 @@ class FlowSchedule(Schedule):
         return torch.sigmoid(-as_time(lam))
 
 
-_SCHEDULES = {"vp_discrete": VPDiscrete, "vp_linear": VPLinear, "ve": VESchedule, "flow": FlowSchedule}
+class SubVPSchedule(Schedule):
+    """The sub-VP SDE of Song et al. 2021 (arXiv 2011.13456, eq. 17), with beta(t) = beta_0 + t (beta_1 - beta_0):
+
+        dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dW,
+        B(t) = int_0^t beta = beta_0 t + (beta_1 - beta_0) t^2/2,
+
+    whose perturbation kernel (eq. 29) is N(alpha x0, sigma^2 I) with alpha = exp(-B/2) (as the VP SDE) and
+    sigma = 1 - alpha^2 = -expm1(-B), so its variance (1 - e^{-B})^2 stays below the VP SDE's 1 - e^{-B}.
+    lam = log alpha - log(1 - alpha^2) inverts in closed form: alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})),
+    then B = -2 log alpha and t solves the quadratic in B. Network time input 1000 t (as ``VPLinear``); t_min 1e-3.
+    """
+
+    kind = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3):
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max; got {beta_min}, {beta_max}")
+        if not 0 < t_min < 1:
+            raise ValueError(f"need 0 < t_min < 1; got {t_min}")
+        self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), 1.0
+
+    def config(self) -> dict:
+        return {"name": "sub_vp", "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
+
+    def network_time(self, t) -> torch.Tensor:
+        return 1000.0 * as_time(t)
+
+    def beta(self, t) -> torch.Tensor:
+        """beta(t) = beta_0 + t (beta_1 - beta_0)."""
+        return self.beta_min + as_time(t) * (self.beta_max - self.beta_min)
+
+    def integral_beta(self, t) -> torch.Tensor:
+        """B(t) = int_0^t beta(u) du = beta_0 t + (beta_1 - beta_0) t^2 / 2."""
+        t = as_time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def diffusion_squared(self, t) -> torch.Tensor:
+        """g(t)^2 = beta(t) (1 - exp(-2 B(t))), the sub-VP SDE's diffusion coefficient squared (eq. 17)."""
+        return self.beta(t) * -torch.expm1(-2 * self.integral_beta(t))
+
+    def log_alpha(self, t) -> torch.Tensor:
+        return -0.5 * self.integral_beta(t)
+
+    def log_sigma(self, t) -> torch.Tensor:
+        return torch.log(-torch.expm1(-self.integral_beta(t)))
+
+    def d_log_alpha(self, t) -> torch.Tensor:
+        return -0.5 * self.beta(t)
+
+    def d_log_sigma(self, t) -> torch.Tensor:
+        """d log(1 - e^{-B}) / dt = beta e^{-B} / (1 - e^{-B}) = beta / expm1(B)."""
+        return self.beta(t) / torch.expm1(self.integral_beta(t))
+
+    def t_of_lam(self, lam) -> torch.Tensor:
+        lam = as_time(lam)
+        half_log_root = 0.5 * torch.logaddexp(torch.zeros_like(lam), math.log(4.0) + 2 * lam)  # log sqrt(1 + 4e^2lam)
+        log_alpha = math.log(2.0) + lam - torch.logaddexp(torch.zeros_like(lam), half_log_root)
+        big_b = -2 * log_alpha
+        slope = self.beta_max - self.beta_min
+        return 2 * big_b / (torch.sqrt(self.beta_min**2 + 2 * slope * big_b) + self.beta_min)
+
+
+_SCHEDULES = {"vp_discrete": VPDiscrete, "vp_linear": VPLinear, "ve": VESchedule, "flow": FlowSchedule,
+              "sub_vp": SubVPSchedule}
 
 
 def schedule_from_config(config: dict) -> Schedule:

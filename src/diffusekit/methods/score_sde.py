@@ -10,7 +10,7 @@ A score is one conversion away from our Denoiser (Tweedie's formula for x_t = al
 
 so every Denoiser (trained nets, ``core.gmm.GMMDenoiser``) is a score model and every score model a Denoiser
 (``score``, ``denoiser_from_score``). The three SDEs are schedules: VE = ``core.VESchedule`` (alpha = 1, sigma = t),
-VP = ``core.VPLinear``, sub-VP = ``SubVPSchedule`` below; every sampler runs on each, and the generic reverse SDE of
+VP = ``core.VPLinear``, sub-VP = ``core.SubVPSchedule``; every sampler runs on each, and the generic reverse SDE of
 a schedule (f = d log alpha/dt, g^2 = d sigma^2/dt - 2 f sigma^2) is the paper's SDE for each of them. The samplers
 live in ``samplers.predictor_corrector`` (``pc``, ``ncsn_langevin``); NCSN's training loss is ``NCSNLoss``.
 """
@@ -24,7 +24,7 @@ import torch
 from ..core._tensor import as_time, per_sample
 from ..core.denoiser import Denoiser, FunctionDenoiser, NetworkDenoiser
 from ..core.predictions import convert
-from ..core.schedules import Schedule, VESchedule
+from ..core.schedules import Schedule, SubVPSchedule, VESchedule
 from ..samplers.predictor_corrector import (langevin_corrector, ncsnv2_step_ratio, reverse_diffusion_step,
                                             sample_annealed_langevin, sample_pc, score_from_x0, snr_step_size)
 from ..training.losses import DiffusionLoss
@@ -48,71 +48,6 @@ def denoiser_from_score(score_fn, schedule: Schedule) -> Denoiser:
         return convert(score_fn(x, t, **cond), x, t, schedule, "score", "x0")
 
     return FunctionDenoiser(fn, schedule)
-
-
-# ------------------------------------------------------------------------------------------------
-# The sub-VP SDE
-# ------------------------------------------------------------------------------------------------
-class SubVPSchedule(Schedule):
-    """The sub-VP SDE of Song et al. 2021 (arXiv 2011.13456, eq. 17), with beta(t) = beta_0 + t (beta_1 - beta_0):
-
-        dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dW,
-        B(t) = int_0^t beta = beta_0 t + (beta_1 - beta_0) t^2/2,
-
-    whose perturbation kernel (eq. 29) is N(alpha x0, sigma^2 I) with alpha = exp(-B/2) (as the VP SDE) and
-    sigma = 1 - alpha^2 = -expm1(-B), so its variance (1 - e^{-B})^2 stays below the VP SDE's 1 - e^{-B}.
-    lam = log alpha - log(1 - alpha^2) inverts in closed form: alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})),
-    then B = -2 log alpha and t solves the quadratic in B. Network time input 1000 t (as ``VPLinear``); t_min 1e-3.
-    """
-
-    kind = "vp"
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3):
-        if not 0 <= beta_min < beta_max:
-            raise ValueError(f"need 0 <= beta_min < beta_max; got {beta_min}, {beta_max}")
-        if not 0 < t_min < 1:
-            raise ValueError(f"need 0 < t_min < 1; got {t_min}")
-        self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), 1.0
-
-    def config(self) -> dict:
-        return {"name": "sub_vp", "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
-
-    def network_time(self, t) -> torch.Tensor:
-        return 1000.0 * as_time(t)
-
-    def beta(self, t) -> torch.Tensor:
-        """beta(t) = beta_0 + t (beta_1 - beta_0)."""
-        return self.beta_min + as_time(t) * (self.beta_max - self.beta_min)
-
-    def integral_beta(self, t) -> torch.Tensor:
-        """B(t) = int_0^t beta(u) du = beta_0 t + (beta_1 - beta_0) t^2 / 2."""
-        t = as_time(t)
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def diffusion_squared(self, t) -> torch.Tensor:
-        """g(t)^2 = beta(t) (1 - exp(-2 B(t))), the sub-VP SDE's diffusion coefficient squared (eq. 17)."""
-        return self.beta(t) * -torch.expm1(-2 * self.integral_beta(t))
-
-    def log_alpha(self, t) -> torch.Tensor:
-        return -0.5 * self.integral_beta(t)
-
-    def log_sigma(self, t) -> torch.Tensor:
-        return torch.log(-torch.expm1(-self.integral_beta(t)))
-
-    def d_log_alpha(self, t) -> torch.Tensor:
-        return -0.5 * self.beta(t)
-
-    def d_log_sigma(self, t) -> torch.Tensor:
-        """d log(1 - e^{-B}) / dt = beta e^{-B} / (1 - e^{-B}) = beta / expm1(B)."""
-        return self.beta(t) / torch.expm1(self.integral_beta(t))
-
-    def t_of_lam(self, lam) -> torch.Tensor:
-        lam = as_time(lam)
-        half_log_root = 0.5 * torch.logaddexp(torch.zeros_like(lam), math.log(4.0) + 2 * lam)  # log sqrt(1 + 4e^2lam)
-        log_alpha = math.log(2.0) + lam - torch.logaddexp(torch.zeros_like(lam), half_log_root)
-        big_b = -2 * log_alpha
-        slope = self.beta_max - self.beta_min
-        return 2 * big_b / (torch.sqrt(self.beta_min**2 + 2 * slope * big_b) + self.beta_min)
 
 
 # ------------------------------------------------------------------------------------------------
