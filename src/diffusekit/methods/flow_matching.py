@@ -44,6 +44,7 @@ import torch
 
 from ..core import FlowSchedule, NetworkDenoiser
 from ..core.noise import GeneratorArg, randn
+from ..training.losses import class_condition
 
 __all__ = ["IndependentCFM", "ExactOTCFM", "SchrodingerBridgeCFM", "TargetCFM", "VPCFM", "MATCHERS",
            "make_matcher", "ot_plan", "sample_plan", "CFMLoss", "CFMDenoiser", "integrate_flow", "CFM_KIND",
@@ -417,15 +418,7 @@ class CFMLoss:
             x0, x1, labels = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
         t, xt, ut, _, labels = self.matcher.guided_sample_location_and_conditional_flow(
             x0, x1, None, labels, generator=generator)
-        cond = {}
-        if labels is not None:
-            num_classes = (getattr(getattr(net, "module", net), "config", None) or {}).get("num_classes")
-            if num_classes is None:
-                raise ValueError("batch has class labels but the network is unconditional (num_classes=None)")
-            if self.label_dropout > 0:
-                drop = _uniform(labels.shape[0], generator) < self.label_dropout
-                labels = torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
-            cond["class_labels"] = labels
+        cond = class_condition(net, labels, self.label_dropout, generator)
         dtype = next(net.parameters()).dtype
         v = net(xt.to(dtype), (TIME_SCALE * t).to(dtype), **cond)
         return ((v - ut.to(dtype)) ** 2).flatten(1).mean(1)

@@ -41,6 +41,22 @@ def _per_example(generator, batch: int, draw) -> torch.Tensor:
     return draw(batch, generator)
 
 
+def class_condition(net: torch.nn.Module, labels: torch.Tensor | None, label_dropout: float, generator) -> dict:
+    """The ``cond`` of a training batch: ``{"class_labels": labels}`` (``{}`` without labels), each label replaced by
+    the null class ``num_classes`` with probability ``label_dropout`` (classifier-free guidance training, Ho &
+    Salimans 2022, arXiv 2207.12598). The dropout draws come after the loss's other draws, from ``generator`` (one
+    generator, a list of one per example, or None). ValueError when labels meet an unconditional network."""
+    if labels is None:
+        return {}
+    num_classes = (getattr(getattr(net, "module", net), "config", None) or {}).get("num_classes")
+    if num_classes is None:
+        raise ValueError("batch has class labels but the network is unconditional (num_classes=None)")
+    if label_dropout > 0:
+        drop = _per_example(generator, labels.shape[0], lambda n, g: torch.rand(n, generator=g)) < label_dropout
+        labels = torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
+    return {"class_labels": labels}
+
+
 def sample_times(schedule, batch: int, generator=None, *, method: str = "uniform",
                  p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
     """Training times t (float64, shape (batch,)); see the module docstring. ``generator``: one CPU generator,
@@ -122,15 +138,7 @@ class DiffusionLoss:
         t = sample_times(self.schedule, b, generator, method=self.time_sampling).to(x0.device)
         eps = noise.randn(x0.shape, generator, dtype=x0.dtype).to(x0.device)
         x_t = self.schedule.add_noise(x0, t, eps)
-        cond = {}
-        if labels is not None:
-            num_classes = (getattr(getattr(net, "module", net), "config", None) or {}).get("num_classes")
-            if num_classes is None:
-                raise ValueError("batch has class labels but the network is unconditional (num_classes=None)")
-            if self.label_dropout > 0:
-                drop = _per_example(generator, b, lambda n, g: torch.rand(n, generator=g)) < self.label_dropout
-                labels = torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
-            cond["class_labels"] = labels
+        cond = class_condition(net, labels, self.label_dropout, generator)
         out = self.denoiser(net).raw(x_t, t, **cond)
         target = prediction_from_x0_eps(x0, eps, t, self.schedule, self.prediction, sigma_data=self.sigma_data)
         per_example = ((out - target) ** 2).flatten(1).mean(1)
