@@ -338,8 +338,9 @@ def test_bench_progress_is_off_without_a_terminal_or_with_no_progress(monkeypatc
 
 @pytest.mark.parametrize("sampler", ["default", "dpm_solver_pp_2m", "ddim", "heun", "pndm"])
 def test_sample_progress_bar_total_is_the_network_calls(sampler):
-    from diffusekit.cli import _expected_nfe, _with_progress
+    from diffusekit.cli import _with_progress
     from diffusekit.core import make_grid
+    from diffusekit.sample_cli import _expected_nfe
     from diffusekit.samplers import DEFAULT, default_timesteps, get_sampler
     from diffusekit.zoo import load
 
