@@ -41,6 +41,7 @@ import torch
 
 from ..core.gmm import GaussianMixture
 from ..data import load_dataset
+from ..errors import UserError
 from ..methods.flow_matching import CFMLoss, make_matcher
 from ..methods.interpolants import (Interpolant, InterpolantFields, InterpolantLoss, grid_interpolant,
                                     network_field, sample_interpolant_sde)
@@ -136,9 +137,13 @@ class _TorchCFMLoss:
 
 
 def _torchcfm_matcher(name: str, sigma: float):
-    from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
-                                                    ExactOptimalTransportConditionalFlowMatcher,
-                                                    SchrodingerBridgeConditionalFlowMatcher)
+    try:
+        from torchcfm.conditional_flow_matching import (ConditionalFlowMatcher,
+                                                        ExactOptimalTransportConditionalFlowMatcher,
+                                                        SchrodingerBridgeConditionalFlowMatcher)
+    except ImportError:
+        raise UserError("bench flows compares against torchcfm, which is not installed: pip install --no-deps "
+                        "torchcfm (`make setup` does; its own dependency chain pulls a CUDA torchvision)") from None
 
     if name == "I-CFM":
         return ConditionalFlowMatcher(sigma=sigma)
