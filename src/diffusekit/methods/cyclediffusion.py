@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from ..core import Denoiser, grid_uniform
 from ..core.noise import GeneratorArg, randn, randn_like
 from ..samplers import sample_ddim
+from ..samplers.baseline import ddim_step_coefficients
 from ..samplers.registry import grid_steps
 
 __all__ = ["DPMLatent", "ddim_step_coefficients", "dpm_encode", "dpm_decode", "cycle_diffusion", "ddim_invert",
@@ -73,16 +74,6 @@ class DPMLatent:
     def detach(self) -> DPMLatent:
         """The same latent without autograd history."""
         return DPMLatent(self.x_T.detach(), self.noises.detach(), self.ts, self.eta)
-
-
-def ddim_step_coefficients(schedule, s, t, eta: float) -> tuple[torch.Tensor, ...]:
-    """(alpha_s, sigma_s, alpha_t, b, c) of the DDIM(eta) step s -> t, exactly as ``samplers.sample_ddim`` forms
-    them: c = eta sigma_t sqrt(1 - exp(2 (lam_s - lam_t))), b = sqrt(sigma_t^2 - c^2) (0-d float64 tensors)."""
-    a_s, s_s = schedule.alpha(s), schedule.sigma(s)
-    a_t, s_t = schedule.alpha(t), schedule.sigma(t)
-    c = eta * s_t * torch.sqrt(torch.clamp(-torch.expm1(2 * (schedule.lam(s) - schedule.lam(t))), min=0)) \
-        if eta > 0 and s_t > 0 else torch.zeros((), dtype=torch.float64)
-    return a_s, s_s, a_t, torch.sqrt(s_t**2 - c**2), c
 
 
 def _check_eta(eta: float) -> float:

@@ -22,6 +22,17 @@ def _coef(schedule, t):
     return schedule.alpha(t), schedule.sigma(t)
 
 
+def ddim_step_coefficients(schedule, s, t, eta: float) -> tuple[torch.Tensor, ...]:
+    """(alpha_s, sigma_s, alpha_t, b, c) of the DDIM(eta) step s -> t (0-d float64 tensors), with
+    c = eta sigma_t sqrt(1 - exp(2 (lam_s - lam_t))) (0 for eta = 0 or sigma_t = 0) and b = sqrt(sigma_t^2 - c^2):
+    x_t = alpha_t x0_hat + b (x_s - alpha_s x0_hat)/sigma_s + c z (arXiv 2010.02502, eq. 12)."""
+    a_s, s_s = _coef(schedule, s)
+    a_t, s_t = _coef(schedule, t)
+    c = eta * s_t * torch.sqrt(torch.clamp(-torch.expm1(2 * (schedule.lam(s) - schedule.lam(t))), min=0)) \
+        if eta > 0 and s_t > 0 else torch.zeros((), dtype=torch.float64)
+    return a_s, s_s, a_t, torch.sqrt(s_t**2 - c**2), c
+
+
 @register_sampler("ddim", order=1, nfe_per_step=1, stochastic=False)
 def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 0.0, cond: dict | None = None,
                 generator: GeneratorArg = None, callback=None) -> torch.Tensor:
@@ -39,12 +50,9 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 0.0, co
     sched = denoiser.schedule
     for i, s, t in grid_steps(denoiser, x, ts):
         x0 = denoiser(x, s, **cond)
-        a_s, s_s = _coef(sched, s)
-        a_t, s_t = _coef(sched, t)
+        a_s, s_s, a_t, b, c = ddim_step_coefficients(sched, s, t, eta)
         eps = (x - a_s * x0) / s_s
-        c = eta * s_t * torch.sqrt(torch.clamp(-torch.expm1(2 * (sched.lam(s) - sched.lam(t))), min=0)) \
-            if eta > 0 and s_t > 0 else torch.zeros((), dtype=torch.float64)
-        x = a_t * x0 + torch.sqrt(s_t**2 - c**2) * eps
+        x = a_t * x0 + b * eps
         if c > 0:
             x = x + c * randn_like(x, generator)
         x = x.to(x0.dtype)
