@@ -103,11 +103,7 @@ def _load_all() -> None:
     )
     from . import quant  # noqa: F401
     from . import pso, tadsr  # noqa: F401
-    import importlib.util
-
-    for name in ("flows", "score_sde", "dpm_ot", "latent", "cyclediffusion", "interop"):  # work in progress
-        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            importlib.import_module(f"{__name__}.{name}")
+    from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
 
 
 _load_all()
