@@ -52,7 +52,8 @@ def save_image_grid(x: torch.Tensor, path, nrow: int, *, scale: int = 6, value_r
 
 
 def save_loss_plot(losses, path, *, title: str = "training loss", window: int = 50) -> None:
-    """Per-step loss (faint) and its moving average over ``window`` steps, log-scale y."""
+    """Per-step loss (faint) and its moving average over ``window`` steps; log-scale y unless a loss is <= 0 (the
+    interpolant objectives are a quadratic minus a constant, so they go negative)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +66,8 @@ def save_loss_plot(losses, path, *, title: str = "training loss", window: int = 
     if len(losses) >= window:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1:], smooth, color="tab:blue", lw=1.8, label=f"moving average ({window})")
-    ax.set_yscale("log")
+    if len(losses) and np.all(losses > 0):
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)

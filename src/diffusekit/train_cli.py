@@ -367,7 +367,7 @@ def run_train(args) -> str | None:
     from .training import distributed
     from .training.config import TrainConfig
     from .train_objectives import (autoencoder_net, build_autoencoder, build_objective, encode_latents,
-                                   finish_autoencoder)
+                                   finish_autoencoder, source_tensor)
     from .training.trainer import Trainer
 
     out = Path(args.out)
@@ -398,6 +398,7 @@ def run_train(args) -> str | None:
             cfg["schedule"] = schedule.config()
         loss, objective_extra = build_objective(cfg, schedule, conditional=conditional)
         train_config = TrainConfig.from_dict(cfg["train"])
+        x0 = source_tensor(cfg, x, train_config.seed + 1)  # data -> data: independent draws of the source dataset
         cfg["train"] = {k: v for k, v in train_config.to_dict().items() if k in cfg["train"]}  # "1e-3" -> 0.001
         make_net = (lambda: build_autoencoder(cfg["net"])) if autoencoder else (lambda: build_net(cfg["net"]))
         make_net()  # the options are checked before DDP starts
@@ -413,7 +414,7 @@ def run_train(args) -> str | None:
     distributed.init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(train_config.seed)
     net = make_net()
-    tensors = (x, dataset.y) if conditional else (x,)
+    tensors = (x0, x) if x0 is not None else (x, dataset.y) if conditional else (x,)
     with user_input(kinds=(ValueError,)):  # e.g. a batch larger than the dataset, or not divisible by the ranks
         trainer = Trainer(net, loss, tensors, train_config, out_dir=out,
                           extra_config={**objective_extra, "data": data_cfg},

@@ -16,6 +16,10 @@
 * ``autoencoder``: the KL-regularised convolutional autoencoder of ``methods.latent`` (Rombach et al. 2022,
   arXiv 2112.10752): reconstruction + beta KL; at the end its latent scale factor (1 / std of the latents) is
   fitted on the training data and saved with it, so the folder is ready for ``latent: DIR``.
+* ``source: NAME`` (cfm and interpolant): transport from another dataset instead of N(0, I) (data -> data, e.g.
+  ``gmm_ring8`` -> ``moons``); the two datasets are independent draws paired by index, re-paired by the coupling
+  (cfm) or taken as given (interpolant). ``diffusekit sample`` then integrates the learned ODE from fresh draws of
+  the source's test split (``sample_data_to_data``).
 * ``latent: DIR``: the data are encoded once by the autoencoder saved in DIR (``methods.latent``) and a diffusion
   model (objective ``diffusion``) is trained on the latents; ``diffusekit sample`` decodes its samples.
 
@@ -29,8 +33,8 @@ from .errors import UserError
 
 OBJECTIVES = ("diffusion", "cfm", "interpolant", "autoencoder")
 COUPLINGS = ("independent", "ot", "sb", "target", "vp")
-_CFM_KEYS = ("name", "coupling", "sigma")
-_INTERPOLANT_KEYS = ("name", "path", "gamma", "gamma_scale", "target", "antithetic")
+_CFM_KEYS = ("name", "coupling", "sigma", "source")
+_INTERPOLANT_KEYS = ("name", "path", "gamma", "gamma_scale", "target", "antithetic", "source")
 _AUTOENCODER_KEYS = ("name", "latent_channels", "downsample", "base_channels", "latent_dim", "beta")
 
 
@@ -77,6 +81,15 @@ def resolve_objective(cfg: dict, args) -> None:
             raise UserError(f"objective {name} has its own time convention; drop the schedule section / --schedule")
     if name == "autoencoder":  # its loss draws from one generator per (micro-)batch
         cfg.setdefault("train", {}).setdefault("loss_noise", "per_rank")
+    if "source" in objective:
+        source = objective["source"]
+        if not isinstance(source, str) or not source:
+            raise UserError(f"objective {name} source must be a dataset name; got {source!r}")
+        if cfg.get("conditional"):
+            raise UserError(f"objective {name} with a data source is unconditional; drop --conditional")
+        if name == "interpolant" and str(objective.get("path", "linear")).startswith(("one_sided", "mirror")):
+            raise UserError(f"path {objective['path']!r} has a Gaussian (or the data itself) at t = 0; a data source "
+                            "needs a two-sided path (linear, trig, encoding_decoding)")
     cfg["objective"] = objective
     if getattr(args, "latent", None) is not None:
         cfg["latent"] = args.latent
@@ -135,20 +148,23 @@ def build_objective(cfg: dict, schedule, *, conditional: bool):
             matcher = make_matcher(objective["coupling"], sigma=float(objective["sigma"]))
         except (TypeError, ValueError) as err:
             raise UserError(f"objective cfm: {err}") from None
-        loss = CFMLoss(matcher, label_dropout=float(cfg["loss"].get("label_dropout", 0.0)))
-        return loss, cfm_extra_config(loss)
+        loss = CFMLoss(matcher, source="data" if "source" in objective else "gaussian",
+                       label_dropout=float(cfg["loss"].get("label_dropout", 0.0)))
+        return loss, {**cfm_extra_config(loss), "source": objective.get("source")}
     from .methods.interpolants import InterpolantLoss
 
     if conditional:
         raise UserError("objective interpolant trains unconditional fields; drop --conditional (or use cfm)")
-    options = {k: v for k, v in objective.items() if k != "name"}
+    options = {k: v for k, v in objective.items() if k not in ("name", "source")}
+    if "source" in objective:
+        options["pairing"] = "given"  # independent draws paired by index (per-example noise cannot re-shuffle)
     if str(options.get("path", "")).startswith("one_sided"):
         options.setdefault("gamma", "zero")  # a one-sided path's noise is its Gaussian end; it has no extra latent
     try:
         loss = InterpolantLoss(**options)
     except (TypeError, ValueError) as err:
         raise UserError(f"objective interpolant: {err}") from None
-    return loss, {"kind": INTERPOLANT_KIND, "loss": loss.config()}
+    return loss, {"kind": INTERPOLANT_KIND, "loss": loss.config(), "source": objective.get("source")}
 
 
 INTERPOLANT_KIND = "interpolant"
@@ -212,3 +228,62 @@ def finish_autoencoder(trainer, x) -> float:
     model.train(was_training)
     trainer.extra_config["scale_factor"] = float(scale)
     return float(scale)
+
+
+def source_tensor(cfg: dict, x, seed: int):
+    """The source draws of a data -> data objective, as many as ``x`` has rows, or None (Gaussian source)."""
+    source = cfg["objective"].get("source")
+    if source is None:
+        return None
+    from .data import load_dataset
+
+    x0 = load_dataset(source, "train", n=len(x), seed=seed).x
+    if x0.shape != x.shape:
+        raise UserError(f"objective source {source!r} gives items of shape {tuple(x0.shape[1:])} and only "
+                        f"{len(x0)} of them; the data need {len(x)} of shape {tuple(x.shape[1:])}")
+    return x0
+
+
+def data_to_data_checkpoint(spec: str):
+    """(tensors, meta) of a data -> data checkpoint folder (cfm or interpolant with a ``source``), else None."""
+    from pathlib import Path
+
+    from .training.checkpoint import META_FILE, load_checkpoint
+
+    path = Path(spec)
+    if spec.startswith(("zoo:", "diffusers:")) or not (path / META_FILE).is_file():
+        return None
+    tensors, meta = load_checkpoint(path)
+    extra = meta.get("extra_config") or {}
+    return (tensors, meta) if extra.get("kind") in ("cfm", INTERPOLANT_KIND) and extra.get("source") else None
+
+
+def sample_data_to_data(path, tensors, meta: dict, *, count: int, steps: int, seed: int):
+    """(x0, x1): ``count`` fresh draws of the source dataset's test split and their images under the learned ODE,
+    Euler with ``steps`` steps from t = 0 to 1 (cfm: dx/dt = v(x, 1000 t); interpolant: the drift b)."""
+    from .data import load_dataset
+    from .nets import build_net
+    from .training.checkpoint import load_state_strict
+
+    extra = meta["extra_config"]
+    source = extra["source"]
+    net = build_net(meta["model_config"])
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
+    net.eval()
+    x0 = load_dataset(source, "test", n=count, seed=seed).x
+    import torch
+
+    with torch.no_grad():
+        if extra["kind"] == "cfm":
+            from .methods.flow_matching import integrate_flow
+
+            return x0, integrate_flow(net, x0, steps)
+        from .methods.interpolants import InterpolantFields, InterpolantLoss, grid_interpolant, sample_interpolant_ode
+
+        loss = InterpolantLoss.from_config(extra["loss"])
+        if loss.target != "velocity":
+            raise UserError(f"{path}: a data-to-data interpolant trained on {loss.target!r} needs a second field for "
+                            "its drift; sample it with diffusekit.methods.interpolants")
+        fields = InterpolantFields(loss.interpolant, velocity=loss.field(net))
+        return x0, sample_interpolant_ode(fields, x0, grid_interpolant(steps))
