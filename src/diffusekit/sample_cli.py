@@ -99,12 +99,10 @@ def cmd_sample(args) -> int:
         raise CLIError("--count and --steps must be >= 1")
     if args.sampler in ("consistency", "one_step"):  # the distilled students' samplers register on import
         from .methods.distill import samplers as _student_samplers  # noqa: F401
-    from .train_objectives import data_to_data_checkpoint
+    from .train_objectives import is_data_to_data
 
-    with user_input():
-        transport = data_to_data_checkpoint(args.model)
-    if transport is not None:
-        return _sample_transport(args, out, *transport)
+    if is_data_to_data(args.model):
+        return _sample_transport(args, out)
     with user_input():
         denoiser = load_denoiser(args.model)
         # a distilled student carries its native sampling; it is the default when no sampling flag is given
@@ -189,7 +187,7 @@ def _sample_shape(denoiser, args) -> tuple:
     return (cfg.get("in_channels", 1), size, size)
 
 
-def _sample_transport(args, out: Path, tensors, meta) -> int:
+def _sample_transport(args, out: Path) -> int:
     """A data -> data flow (cfm or interpolant trained with a ``source`` dataset): fresh source draws pushed through
     the learned ODE by Euler steps (``train_objectives.sample_data_to_data``); the .npz also holds the source draws."""
     import io
@@ -205,7 +203,7 @@ def _sample_transport(args, out: Path, tensors, meta) -> int:
                        "--seed apply")
     steps = 100 if args.steps is None else args.steps
     with user_input(f"--model {args.model}: "):
-        x0, x = sample_data_to_data(args.model, tensors, meta, count=args.count, steps=steps, seed=args.seed)
+        x0, x, source = sample_data_to_data(args.model, count=args.count, steps=steps, seed=args.seed)
     if out.suffix == ".png":
         if x.ndim != 4:
             raise CLIError("PNG output needs image samples; use .npz for vectors")
@@ -214,6 +212,5 @@ def _sample_transport(args, out: Path, tensors, meta) -> int:
         buf = io.BytesIO()
         np.savez(buf, samples=x.float().numpy(), source=x0.float().numpy())
         atomic_write_bytes(out, buf.getvalue())
-    source = meta["extra_config"]["source"]
     print(f"wrote {args.count} samples (Euler, {steps} steps from {source} test draws) to {out}")
     return 0

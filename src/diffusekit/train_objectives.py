@@ -244,27 +244,32 @@ def source_tensor(cfg: dict, x, seed: int):
     return x0
 
 
-def data_to_data_checkpoint(spec: str):
-    """(tensors, meta) of a data -> data checkpoint folder (cfm or interpolant with a ``source``), else None."""
+def is_data_to_data(spec: str) -> bool:
+    """Whether ``spec`` is a checkpoint folder of a data -> data flow (cfm or interpolant with a ``source``). Reads
+    only its metadata; anything unreadable is left to ``cli.load_denoiser`` to report."""
+    import json
     from pathlib import Path
 
-    from .training.checkpoint import META_FILE, load_checkpoint
+    from .training.checkpoint import META_FILE
 
-    path = Path(spec)
-    if spec.startswith(("zoo:", "diffusers:")) or not (path / META_FILE).is_file():
-        return None
-    tensors, meta = load_checkpoint(path)
-    extra = meta.get("extra_config") or {}
-    return (tensors, meta) if extra.get("kind") in ("cfm", INTERPOLANT_KIND) and extra.get("source") else None
+    meta_file = Path(spec) / META_FILE
+    if spec.startswith(("zoo:", "diffusers:")) or not meta_file.is_file():
+        return False
+    try:
+        extra = json.loads(meta_file.read_text()).get("extra_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(extra, dict) and extra.get("kind") in ("cfm", INTERPOLANT_KIND) and bool(extra.get("source"))
 
 
-def sample_data_to_data(path, tensors, meta: dict, *, count: int, steps: int, seed: int):
-    """(x0, x1): ``count`` fresh draws of the source dataset's test split and their images under the learned ODE,
-    Euler with ``steps`` steps from t = 0 to 1 (cfm: dx/dt = v(x, 1000 t); interpolant: the drift b)."""
+def sample_data_to_data(path, *, count: int, steps: int, seed: int):
+    """(x0, x1, source name): ``count`` fresh draws of the source dataset's test split and their images under the
+    learned ODE, Euler with ``steps`` steps from t = 0 to 1 (cfm: dx/dt = v(x, 1000 t); interpolant: the drift b)."""
     from .data import load_dataset
     from .nets import build_net
-    from .training.checkpoint import load_state_strict
+    from .training.checkpoint import load_checkpoint, load_state_strict
 
+    tensors, meta = load_checkpoint(path)
     extra = meta["extra_config"]
     source = extra["source"]
     net = build_net(meta["model_config"])
@@ -278,7 +283,7 @@ def sample_data_to_data(path, tensors, meta: dict, *, count: int, steps: int, se
         if extra["kind"] == "cfm":
             from .methods.flow_matching import integrate_flow
 
-            return x0, integrate_flow(net, x0, steps)
+            return x0, integrate_flow(net, x0, steps), source
         from .methods.interpolants import InterpolantFields, InterpolantLoss, grid_interpolant, sample_interpolant_ode
 
         loss = InterpolantLoss.from_config(extra["loss"])
@@ -286,4 +291,4 @@ def sample_data_to_data(path, tensors, meta: dict, *, count: int, steps: int, se
             raise UserError(f"{path}: a data-to-data interpolant trained on {loss.target!r} needs a second field for "
                             "its drift; sample it with diffusekit.methods.interpolants")
         fields = InterpolantFields(loss.interpolant, velocity=loss.field(net))
-        return x0, sample_interpolant_ode(fields, x0, grid_interpolant(steps))
+        return x0, sample_interpolant_ode(fields, x0, grid_interpolant(steps)), source
