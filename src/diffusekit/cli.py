@@ -41,8 +41,7 @@ def load_denoiser(spec: str):
     """A Denoiser from ``zoo:NAME`` or a training checkpoint directory (EMA weights when present)."""
     from . import zoo
     from .core import Denoiser, NetworkDenoiser, schedule_from_config
-    from .nets import build_net
-    from .training.checkpoint import load_checkpoint, load_state_strict
+    from .training.checkpoint import load_checkpoint, load_inference_net
 
     if spec.startswith("diffusers:"):  # a local diffusers-format model folder (interop, never the network)
         from .interop.diffusers import load_diffusers_denoiser
@@ -80,10 +79,7 @@ def load_denoiser(spec: str):
                        "quantized and student checkpoints")
     if "schedule" not in extra or "loss" not in extra or not meta.get("model_config"):
         raise CLIError(f"--model {spec}: checkpoint lacks the schedule/loss/model config written by `diffusekit train`")
-    net = build_net(meta["model_config"])
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
-    net.eval()
+    net = load_inference_net(tensors, meta, str(path))
     loss = extra["loss"]
     return NetworkDenoiser(net, schedule_from_config(extra["schedule"]), loss.get("prediction", "eps"),
                            scale_input=loss.get("scale_input"), sigma_data=loss.get("sigma_data", 0.5))

@@ -175,16 +175,12 @@ def load_interpolant_denoiser(tensors, meta: dict, path):
 
     The returned ``InterpolantDenoiser`` gets the network as ``.net`` so the CLI reads its data shape."""
     from .methods.interpolants import InterpolantLoss
-    from .nets import build_net
-    from .training.checkpoint import CheckpointError, load_state_strict
+    from .training.checkpoint import CheckpointError, load_inference_net
 
     extra = meta.get("extra_config") or {}
     if extra.get("kind") != INTERPOLANT_KIND or not meta.get("model_config"):
         raise CheckpointError(f"{path}: not an interpolant checkpoint")
-    net = build_net(meta["model_config"])
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
-    net.eval()
+    net = load_inference_net(tensors, meta, str(path))
     try:
         denoiser = InterpolantLoss.from_config(extra["loss"]).denoiser(net)
     except ValueError as err:
@@ -266,16 +262,12 @@ def sample_data_to_data(path, *, count: int, steps: int, seed: int):
     """(x0, x1, source name): ``count`` fresh draws of the source dataset's test split and their images under the
     learned ODE, Euler with ``steps`` steps from t = 0 to 1 (cfm: dx/dt = v(x, 1000 t); interpolant: the drift b)."""
     from .data import load_dataset
-    from .nets import build_net
-    from .training.checkpoint import load_checkpoint, load_state_strict
+    from .training.checkpoint import load_checkpoint, load_inference_net
 
     tensors, meta = load_checkpoint(path)
     extra = meta["extra_config"]
     source = extra["source"]
-    net = build_net(meta["model_config"])
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
-    net.eval()
+    net = load_inference_net(tensors, meta, str(path))
     x0 = load_dataset(source, "test", n=count, seed=seed).x
     import torch
 

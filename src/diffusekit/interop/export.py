@@ -50,7 +50,7 @@ def export_diffusers(checkpoint_dir, out_dir, *, overwrite: bool = False) -> Pat
     import diffusers
 
     from ..nets import build_net
-    from ..training.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+    from ..training.checkpoint import CheckpointError, inference_state, load_checkpoint, load_state_strict
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -69,9 +69,7 @@ def export_diffusers(checkpoint_dir, out_dir, *, overwrite: bool = False) -> Pat
         raise UserError(f"{checkpoint_dir}: not a `diffusekit train` checkpoint (no schedule/loss config)")
     sched_kwargs = scheduler_config_for(extra["schedule"], extra["loss"].get("prediction", "eps"))
     net = build_net(net_config)
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
-                      str(checkpoint_dir))
+    load_state_strict(net, inference_state(tensors), str(checkpoint_dir))
     scheduler = diffusers.DDIMScheduler(**sched_kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

@@ -458,8 +458,7 @@ def load_cfm_denoiser(tensors: dict[str, torch.Tensor], meta: dict, path) -> CFM
     """A :class:`CFMDenoiser` from a loaded CFM checkpoint (``training.checkpoint.load_checkpoint``'s (tensors, meta)
     of folder ``path``): EMA weights when present, eval mode. Raises CheckpointError (a UserError) for a checkpoint
     that is not a Gaussian-source CFM one."""
-    from ..nets import build_net
-    from ..training.checkpoint import CheckpointError, load_state_strict
+    from ..training.checkpoint import CheckpointError, load_inference_net
 
     extra = meta.get("extra_config") or {}
     loss = extra.get("loss") or {}
@@ -469,7 +468,4 @@ def load_cfm_denoiser(tensors: dict[str, torch.Tensor], meta: dict, path) -> CFM
     if loss.get("source") != "gaussian":
         raise CheckpointError(f"{path}: a data-to-data flow (source {loss.get('source')!r}) has no Gaussian prior "
                               "to sample from; integrate it from source samples with integrate_flow")
-    net = build_net(meta["model_config"])
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, str(path))
-    return CFMDenoiser(net.eval())
+    return CFMDenoiser(load_inference_net(tensors, meta, str(path)))

@@ -422,6 +422,26 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
     module.load_state_dict(state, strict=True)
 
 
+def inference_state(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights to sample with: the EMA copy when the checkpoint holds one, else the raw model's."""
+    return _sub_state(tensors, "ema." if any(k.startswith("ema.") for k in tensors) else "model.")
+
+
+def load_inference_net(tensors: Mapping[str, torch.Tensor], meta: Mapping, where: str) -> torch.nn.Module:
+    """The checkpoint's network (``nets.build_net(meta["model_config"])``) with its ``inference_state`` loaded
+    strictly, in eval mode. CheckpointError when the config is missing or cannot be built."""
+    from ..nets import build_net
+
+    if not meta.get("model_config"):
+        raise CheckpointError(f"{where}: checkpoint has no model_config")
+    try:
+        net = build_net(dict(meta["model_config"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: cannot build the network: {err}") from None
+    load_state_strict(net, inference_state(tensors), where)
+    return net.eval()
+
+
 def load_model_weights(path_dir: str | os.PathLike, model: torch.nn.Module, *, ema: bool = True) -> dict:
     """Load the EMA (default) or raw weights of a checkpoint into ``model`` for inference.
 

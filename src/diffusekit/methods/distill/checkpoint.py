@@ -31,7 +31,7 @@ import torch
 from ...core.denoiser import Denoiser, NetworkDenoiser
 from ...core.schedules import schedule_from_config
 from ...nets import build_net
-from ...training.checkpoint import CheckpointError, load_state_strict, save_checkpoint
+from ...training.checkpoint import CheckpointError, inference_state, load_state_strict, save_checkpoint
 from .consistency import ConsistencyDenoiser
 
 STUDENT_KIND = "student"
@@ -151,8 +151,7 @@ def load_student_denoiser(tensors: dict, meta: dict, path) -> Denoiser:
         net = build_net(meta["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: cannot build the student network: {err}") from None
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, where)
+    load_state_strict(net, inference_state(tensors), where)
     net.eval()
     return build_student(net, meta.get("extra_config") or {}, where)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from ...core import Schedule, schedule_from_config
-from ...nets import build_net
 from ...training import DiffusionLoss
-from ...training.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ...training.checkpoint import CheckpointError, load_checkpoint, load_inference_net, save_checkpoint
 from .autoencoder import load_autoencoder
 from .denoiser import LatentDenoiser
 
@@ -67,10 +66,7 @@ def load_latent_denoiser(tensors: dict[str, torch.Tensor], meta: dict, path: str
     if not ae_dir.is_dir():
         raise CheckpointError(f"{where}: its autoencoder folder {ae_dir} does not exist; "
                               "put the autoencoder back there or fix 'autoencoder' in checkpoint.json")
-    net = build_net(meta["model_config"])
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    load_state_strict(net, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, where)
-    net.eval()
+    net = load_inference_net(tensors, meta, where)
     loss = extra["loss"]
     return LatentDenoiser(net, schedule_from_config(extra["schedule"]), load_autoencoder(ae_dir),
                           loss.get("prediction", "eps"), scale_input=loss.get("scale_input"),
