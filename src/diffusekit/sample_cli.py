@@ -82,13 +82,11 @@ def _expected_nfe(info, ts) -> int | None:
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
     import torch
     from tqdm import tqdm
 
     from .core import CFGDenoiser, generators_from_seeds, prior_sample
-    from .io import atomic_write_bytes, check_output_file
-    from .plotting import save_image_grid
+    from .io import check_output_file
     from .samplers import DEFAULT, get_sampler
 
     out = Path(args.out)
@@ -153,17 +151,7 @@ def cmd_sample(args) -> int:
         x = info.fn(_with_progress(den, bar), x_T, ts, **opts)
         if latent_shape is not None:
             x = denoiser.decode(x)
-    if out.suffix == ".png":
-        save_image_grid(x, out, nrow=min(10, args.count))
-    else:
-        import io
-
-        buf = io.BytesIO()
-        arrays = {"samples": x.float().numpy()}
-        if labels is not None:
-            arrays["labels"] = labels.numpy()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(out, buf.getvalue())
+    _write_samples(out, x, **({"labels": labels} if labels is not None else {}))
     grid = f"{args.grid} grid" if args.grid else "default grid"
     if use_native:
         grid = "the student's native sampling" + (", its own grid" if native["ts"] is not None else ", default grid")
@@ -190,12 +178,6 @@ def _sample_shape(denoiser, args) -> tuple:
 def _sample_transport(args, out: Path) -> int:
     """A data -> data flow (cfm or interpolant trained with a ``source`` dataset): fresh source draws pushed through
     the learned ODE by Euler steps (``train_objectives.sample_data_to_data``); the .npz also holds the source draws."""
-    import io
-
-    import numpy as np
-
-    from .io import atomic_write_bytes
-    from .plotting import save_image_grid
     from .train_objectives import sample_data_to_data
 
     if args.sampler is not None or args.grid is not None or args.guidance != 1.0 or args.class_label is not None:
@@ -204,13 +186,27 @@ def _sample_transport(args, out: Path) -> int:
     steps = 100 if args.steps is None else args.steps
     with user_input(f"--model {args.model}: "):
         x0, x, source = sample_data_to_data(args.model, count=args.count, steps=steps, seed=args.seed)
-    if out.suffix == ".png":
-        if x.ndim != 4:
-            raise CLIError("PNG output needs image samples; use .npz for vectors")
-        save_image_grid(x, out, nrow=min(10, args.count))
-    else:
-        buf = io.BytesIO()
-        np.savez(buf, samples=x.float().numpy(), source=x0.float().numpy())
-        atomic_write_bytes(out, buf.getvalue())
+    if out.suffix == ".png" and x.ndim != 4:
+        raise CLIError("PNG output needs image samples; use .npz for vectors")
+    _write_samples(out, x, source=x0)
     print(f"wrote {args.count} samples (Euler, {steps} steps from {source} test draws) to {out}")
     return 0
+
+
+def _write_samples(out: Path, x, **extra) -> None:
+    """``out``: a PNG grid of images x (10 per row), or an .npz with ``samples`` = x and the ``extra`` arrays;
+    written atomically."""
+    import io
+
+    import numpy as np
+
+    from .io import atomic_write_bytes
+    from .plotting import save_image_grid
+
+    if out.suffix == ".png":
+        save_image_grid(x, out, nrow=min(10, len(x)))
+        return
+    buf = io.BytesIO()
+    np.savez(buf, samples=x.float().numpy(), **{k: v.float().numpy() if v.is_floating_point() else v.numpy()
+                                                 for k, v in extra.items()})
+    atomic_write_bytes(out, buf.getvalue())
