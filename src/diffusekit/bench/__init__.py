@@ -104,6 +104,14 @@ def _load_all() -> None:
     from . import quant  # noqa: F401
     from . import pso, tadsr  # noqa: F401
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
+    import importlib
+
+    for module in ("dit", "clip", "dtr_ant", "repa", "smooth", "afa", "cdcd", "ras", "mode"):  # being written
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{module}":
+                raise
 
 
 _load_all()
