@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .diffusers_backbones import DiffusersDiT, DiffusersUNet2D
+from .dit import DiT
 from .embedding import TimeClassEmbedding, timestep_embedding
 from .mlp import MLPDenoiserNet
 from .unet import ScaledDotProductAttention, UNet
@@ -16,6 +17,7 @@ from .unet import ScaledDotProductAttention, UNet
 __all__ = [
     "MLPDenoiserNet",
     "UNet",
+    "DiT",
     "ScaledDotProductAttention",
     "NETS",
     "build_net",
@@ -24,7 +26,7 @@ __all__ = [
     "TimeClassEmbedding",
 ]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet, "dit": DiT}
 NETS.update({"diffusers_unet2d": DiffusersUNet2D, "diffusers_dit": DiffusersDiT})  # diffusers imported when built
 
 
