@@ -15,6 +15,8 @@ sampler and schedule. For w and phi the wrapper is exactly ``CFGDenoiser`` when 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..core._tensor import per_sample
@@ -32,12 +34,15 @@ def rescale_guided_eps(eps_cfg: torch.Tensor, eps_cond: torch.Tensor, phi: float
 class GuidedDenoiser(Denoiser):
     """Classifier-free guidance with optional rescale ``phi`` in [0, 1] and a guidance ``interval`` (t_low, t_high).
 
-    Requires ``class_labels`` at call time. One batched network call per evaluation (2B samples when any sample
-    of the batch is inside the interval, else B).
+    Requires ``class_labels`` at call time, unless ``null_condition`` is given: a callable mapping the call's
+    condition dict to the null one (same keys and batch size, e.g. the encoded empty caption as ``context`` and
+    ``context_mask`` for text-to-image, ``methods.text_conditioning.NullCaption``); e_u is then the model under
+    that condition. One batched network call per evaluation (2B samples when any sample of the batch is inside
+    the interval, else B).
     """
 
     def __init__(self, denoiser: NetworkDenoiser, scale: float, *, rescale: float = 0.0,
-                 interval: tuple[float, float] | None = None):
+                 interval: tuple[float, float] | None = None, null_condition: Callable[[dict], dict] | None = None):
         super().__init__(denoiser.schedule)
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale (phi) must be in [0, 1]; got {rescale}")
@@ -49,19 +54,29 @@ class GuidedDenoiser(Denoiser):
         self.scale = float(scale)
         self.rescale = float(rescale)
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
+        self.null_condition = null_condition
 
     def _active(self, t: torch.Tensor) -> torch.Tensor:
         if self.interval is None:
             return torch.ones_like(t, dtype=torch.bool)
         return (t >= self.interval[0]) & (t <= self.interval[1])
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, *, class_labels: torch.Tensor, **cond) -> torch.Tensor:
+    def _paired_condition(self, cond: dict) -> dict:
+        """The condition of the batch [x, x]: the caller's condition, then the null one (the null class, or
+        ``null_condition(cond)``, whose tensors are concatenated key by key behind the caller's)."""
+        if self.null_condition is None:
+            if "class_labels" not in cond:
+                raise ValueError("GuidedDenoiser needs class_labels at call time (or a null_condition)")
+            labels = cond["class_labels"]
+            return {**cond, "class_labels": torch.cat([labels, torch.full_like(labels, self.inner.null_class)])}
+        null = self.null_condition(cond)
+        return {k: torch.cat([v, null[k]]) if k in null else v for k, v in cond.items()}
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         active = self._active(t)
         if self.scale == 1.0 or not bool(active.any()):
-            return self.inner.denoise(x, t, class_labels=class_labels, **cond)
-        null = torch.full_like(class_labels, self.inner.null_class)
-        both = self.inner.denoise(torch.cat([x, x]), torch.cat([t, t]),
-                                  class_labels=torch.cat([class_labels, null]), **cond)
+            return self.inner.denoise(x, t, **cond)
+        both = self.inner.denoise(torch.cat([x, x]), torch.cat([t, t]), **self._paired_condition(cond))
         x0_c, x0_u = both.chunk(2)
         eps_c = eps_from_x0(x0_c, x, t, self.schedule)
         eps_u = eps_from_x0(x0_u, x, t, self.schedule)

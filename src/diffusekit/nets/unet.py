@@ -17,7 +17,7 @@ from torch import nn
 
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
-__all__ = ["UNet", "group_count", "ScaledDotProductAttention"]
+__all__ = ["UNet", "group_count", "ScaledDotProductAttention", "CrossAttentionBlock"]
 
 
 def group_count(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
@@ -104,6 +104,43 @@ class AttentionBlock(nn.Module):
         return x + self.proj(a).reshape(x.shape)
 
 
+class CrossAttentionBlock(nn.Module):
+    """Multi-head cross-attention from the feature map to a context sequence, with a residual connection.
+
+    ``out = x + W_o MHA(q = W_q GN(x), k = W_k LN(c), v = W_v LN(c))`` with queries from the flattened spatial
+    positions and keys/values from the context tokens ``c`` (B, L, context_dim); softmax(q k^T / sqrt(d_head)) v
+    per head over the kept tokens only (``context_mask`` (B, L) bool, True = keep). This is the text conditioning
+    of latent diffusion (Rombach et al. 2022, arXiv 2112.10752, §3.3) and Imagen (Saharia et al. 2022, arXiv
+    2205.11487). ``W_o`` is zero-initialised, so a new block starts as the identity.
+    Shapes: x (B, C, *spatial), context (B, L, context_dim), context_mask (B, L) or None -> (B, C, *spatial).
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int):
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide the channel count {channels} at cross-attention")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.to_q = nn.Conv1d(channels, channels, 1)
+        self.to_kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c = x.shape[:2]
+        heads, d = self.num_heads, c // self.num_heads
+        q = self.to_q(self.norm(x).reshape(b, c, -1))  # (B, C, N)
+        q = q.reshape(b, heads, d, -1).transpose(-1, -2)  # (B, heads, N, d)
+        kv = self.to_kv(self.context_norm(context))  # (B, L, 2C)
+        k, v = kv.reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, d)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L), True = attend
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, N, d)
+        a = a.transpose(-1, -2).reshape(b, c, -1)
+        return x + self.proj(a).reshape(x.shape)
+
+
 class Downsample(nn.Module):
     """Stride-2 3-wide convolution: spatial size / 2."""
 
@@ -127,16 +164,20 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """A ResBlock optionally followed by attention (one U-Net stage unit)."""
+    """A ResBlock optionally followed by attention and cross-attention (one U-Net stage unit)."""
 
-    def __init__(self, res: ResBlock, attn: AttentionBlock | None):
+    def __init__(self, res: ResBlock, attn: AttentionBlock | None, cross: CrossAttentionBlock | None = None):
         super().__init__()
         self.res = res
         self.attn = attn
+        if cross is not None:  # no attribute at all otherwise: the state dict stays as without text conditioning
+            self.cross = cross
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        x = self.attn(x) if self.attn is not None else x
+        cross = getattr(self, "cross", None)
+        return cross(x, context, context_mask) if cross is not None else x
 
 
 def _int_tuple(name: str, value, allow_empty: bool) -> tuple[int, ...]:
@@ -190,10 +231,15 @@ class UNet(nn.Module):
             (default 8 = the digits data). It only
             decides where attention goes; when any attention block is placed, inputs must
             have exactly this side length (all spatial sides), otherwise any divisible size works.
+        context_dim: None (no text conditioning; the net is exactly the one without this argument) or the width
+            of a context sequence (e.g. text-encoder hidden states). Then every self-attention block is followed
+            by a ``CrossAttentionBlock`` (and, without attention resolutions, the middle gets one), and
+            ``forward`` requires ``context``.
 
-    ``forward(x, t, class_labels=None)``: t float (B,) or scalar network time (roughly
-    [-2000, 2000]); class_labels long (B,) in [0, num_classes] or None (= all null class).
-    Returns a tensor of shape (B, out_channels, *spatial).
+    ``forward(x, t, class_labels=None, context=None, context_mask=None)``: t float (B,) or scalar network
+    time (roughly [-2000, 2000]); class_labels long (B,) in [0, num_classes] or None (= all null class);
+    context float (B, L, context_dim) and context_mask bool (B, L) (True = keep; None = keep all), only with
+    ``context_dim``. Returns a tensor of shape (B, out_channels, *spatial).
     """
 
     def __init__(
@@ -209,6 +255,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         dims: int = 2,
         image_size: int = 8,
+        context_dim: int | None = None,
     ):
         super().__init__()
         in_channels = _check_int("in_channels", in_channels, 1)
@@ -225,6 +272,8 @@ class UNet(nn.Module):
         if dims not in (1, 2) or isinstance(dims, bool):
             raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
         image_size = _check_int("image_size", image_size, 1)
+        if context_dim is not None:
+            context_dim = _check_int("context_dim", context_dim, 1)
         factor = 2 ** (len(channel_mult) - 1)
         if image_size % factor != 0:
             raise ValueError(
@@ -252,6 +301,9 @@ class UNet(nn.Module):
             "dims": dims,
             "image_size": image_size,
         }
+        if context_dim is not None:  # absent otherwise, so configs of nets without text stay as they were
+            self.config["context_dim"] = context_dim
+        self.context_dim = context_dim
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
@@ -267,13 +319,19 @@ class UNet(nn.Module):
         def attn(ch: int, res: int) -> AttentionBlock | None:
             return AttentionBlock(ch, num_heads) if res in attention_resolutions else None
 
+        def cross(ch: int, res: int) -> CrossAttentionBlock | None:
+            if context_dim is None or res not in attention_resolutions:
+                return None
+            return CrossAttentionBlock(ch, context_dim, num_heads)
+
         ch = base_channels
         skip_channels = [ch]
         self.down = nn.ModuleList()
         for level, mult in enumerate(channel_mult):
             out_ch = base_channels * mult
             for _ in range(num_res_blocks):
-                self.down.append(_Level(ResBlock(dims, ch, out_ch, emb_dim, dropout), attn(out_ch, level_res[level])))
+                self.down.append(_Level(ResBlock(dims, ch, out_ch, emb_dim, dropout), attn(out_ch, level_res[level]),
+                                        cross(out_ch, level_res[level])))
                 ch = out_ch
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -282,6 +340,8 @@ class UNet(nn.Module):
 
         self.mid1 = ResBlock(dims, ch, ch, emb_dim, dropout)
         self.mid_attn = attn(ch, level_res[-1])
+        if context_dim is not None and (self.mid_attn is not None or not self.has_attention):
+            self.mid_cross = CrossAttentionBlock(ch, context_dim, num_heads)
         self.mid2 = ResBlock(dims, ch, ch, emb_dim, dropout)
 
         self.up = nn.ModuleList()
@@ -289,7 +349,8 @@ class UNet(nn.Module):
             out_ch = base_channels * channel_mult[level]
             for _ in range(num_res_blocks + 1):
                 cin = ch + skip_channels.pop()
-                self.up.append(_Level(ResBlock(dims, cin, out_ch, emb_dim, dropout), attn(out_ch, level_res[level])))
+                self.up.append(_Level(ResBlock(dims, cin, out_ch, emb_dim, dropout), attn(out_ch, level_res[level]),
+                                      cross(out_ch, level_res[level])))
                 ch = out_ch
             if level != 0:
                 self.up.append(Upsample(dims, ch))
@@ -318,25 +379,48 @@ class UNet(nn.Module):
                 " build the net with image_size matching the data"
             )
 
-    def forward(self, x: torch.Tensor, t, class_labels=None) -> torch.Tensor:
+    def _check_context(self, context, context_mask, batch: int, like: torch.Tensor):
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("this UNet has no cross-attention (context_dim=None): it takes no context")
+            return None, None
+        if not torch.is_tensor(context) or context.ndim != 3 or context.shape[0] != batch \
+                or context.shape[2] != self.context_dim:
+            got = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
+            raise ValueError(f"context must be a float tensor (B={batch}, L, {self.context_dim}), got {got}")
+        context = context.to(like.dtype)
+        if context_mask is not None:
+            if not torch.is_tensor(context_mask) or tuple(context_mask.shape) != tuple(context.shape[:2]):
+                got = tuple(context_mask.shape) if torch.is_tensor(context_mask) else type(context_mask).__name__
+                raise ValueError(f"context_mask must be a bool tensor {tuple(context.shape[:2])}, got {got}")
+            context_mask = context_mask.to(device=like.device, dtype=torch.bool)
+            if not bool(context_mask.any(1).all()):
+                raise ValueError("every row of context_mask must keep at least one token")
+        return context, context_mask
+
+    def forward(self, x: torch.Tensor, t, class_labels=None, context=None, context_mask=None) -> torch.Tensor:
         self._check_input(x)
         batch = x.shape[0]
         t = prepare_time(t, batch, x)
         labels = prepare_labels(class_labels, batch, self.num_classes, x.device)
+        context, context_mask = self._check_context(context, context_mask, batch, x)
         emb = F.silu(self.embed(t, labels))
 
         h = self.conv_in(x)
         skips = [h]
         for block in self.down:
-            h = block(h, emb) if isinstance(block, _Level) else block(h)
+            h = block(h, emb, context, context_mask) if isinstance(block, _Level) else block(h)
             skips.append(h)
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h)
+        mid_cross = getattr(self, "mid_cross", None)
+        if mid_cross is not None:
+            h = mid_cross(h, context, context_mask)
         h = self.mid2(h, emb)
         for block in self.up:
             if isinstance(block, _Level):
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
             else:
                 h = block(h)
         return self.conv_out(F.silu(self.out_norm(h)))
