@@ -28,6 +28,7 @@ __all__ = [
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet, "dit": DiT}
 NETS.update({"diffusers_unet2d": DiffusersUNet2D, "diffusers_dit": DiffusersDiT})  # diffusers imported when built
+NETS["mode"] = __import__(f"{__name__}.mode", fromlist=["MoDE"]).MoDE  # mixture of denoising experts
 
 
 def build_net(config: dict) -> nn.Module:
