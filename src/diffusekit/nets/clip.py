@@ -62,14 +62,16 @@ class CLIPModel(nn.Module):
         self.text_encoder = TextEncoder(**text)
         self.config = {"image_size": image_size, "embed_dim": embed_dim, "text": dict(self.text_encoder.config),
                        "patch_size": patch_size, "image_width": image_width, "image_depth": image_depth,
-                       "image_heads": image_heads, "image_mlp_ratio": float(image_mlp_ratio), "in_channels": in_channels}
+                       "image_heads": image_heads, "image_mlp_ratio": float(image_mlp_ratio),
+                       "in_channels": in_channels}
         self.config["text"].pop("name")
         self.image_size, self.patch_size = image_size, patch_size
         self.num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, image_width, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, image_width))
         self.image_positions = nn.Parameter(torch.randn(1, self.num_patches + 1, image_width) * 0.02)
-        self.image_blocks = nn.ModuleList(TransformerBlock(image_width, image_heads, image_mlp_ratio) for _ in range(image_depth))
+        self.image_blocks = nn.ModuleList(TransformerBlock(image_width, image_heads, image_mlp_ratio)
+                                          for _ in range(image_depth))
         self.image_norm = nn.LayerNorm(image_width)
         self.image_projection = nn.Linear(image_width, embed_dim, bias=False)
         self.text_projection = nn.Linear(self.text_encoder.width, embed_dim, bias=False)
@@ -99,7 +101,8 @@ class CLIPModel(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The symmetric InfoNCE loss (:func:`clip_loss`) of a batch of matched pairs."""
-        return clip_loss(self.encode_image(x), self.encode_text(tokens, mask), self.logit_scale.clamp(max=math.log(100)))
+        scale = self.logit_scale.clamp(max=math.log(100))
+        return clip_loss(self.encode_image(x), self.encode_text(tokens, mask), scale)
 
 
 def _recaptioned(data, idx: torch.Tensor, rng: np.random.Generator) -> list[str]:
