@@ -215,6 +215,7 @@ class MoDE(nn.Module):
         c = noise if labels is None else noise + self.class_embed(labels)
         return c, (noise if self.config["router_input"] == "noise" else c)
 
+    @torch.no_grad()
     def routing(self, t, class_labels=None) -> dict[str, torch.Tensor]:
         """Router decision of every block at network times t (M,): ``probs`` (depth, M, E) full softmax,
         ``index`` / ``weight`` (depth, M, k) the chosen experts and their renormalised probabilities, and
