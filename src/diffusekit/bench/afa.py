@@ -34,9 +34,9 @@ from . import bench_progress, register_bench
 
 EXPERT_SUBSETS = ("0-4", "5-9", "thick")
 MAJORITY = 0.95  # share of a class-biased expert's examples from its own classes
-FULL = {"base_steps": 500, "expert_steps": 1000, "afa_steps": 800, "batch": 64, "afa_hidden": 32,
+FULL = {"base_steps": 500, "expert_steps": 1000, "afa_steps": 800, "batch": 64, "afa_hidden": 32, "afa_lr": 2e-3,
         "loss_reps": 8, "n_per_class": 50, "sample_steps": 25}
-QUICK = {"base_steps": 40, "expert_steps": 60, "afa_steps": 100, "batch": 32, "afa_hidden": 16,
+QUICK = {"base_steps": 100, "expert_steps": 80, "afa_steps": 150, "batch": 32, "afa_hidden": 16, "afa_lr": 2e-3,
          "loss_reps": 1, "n_per_class": 5, "sample_steps": 6}
 T_BUCKETS = ((0, 100), (100, 300), (300, 600), (600, 1000))  # integer timesteps, [lo, hi)
 MAP_TIMESTEPS = (20, 200, 500, 800, 980)
@@ -151,7 +151,8 @@ def _run(quick: bool):
     t0 = time.perf_counter()
     ensemble = AFAEnsemble(experts, hidden=sizes["afa_hidden"])
     init_loss = loss_by_bucket(ensemble, schedule, test.x, test.y, reps=sizes["loss_reps"])["all"]
-    history = train_afa(ensemble, (train.x, train.y), schedule, steps=sizes["afa_steps"], batch_size=sizes["batch"])
+    history = train_afa(ensemble, (train.x, train.y), schedule, steps=sizes["afa_steps"], batch_size=sizes["batch"],
+                        lr=sizes["afa_lr"])
     ensemble.eval()
     afa_seconds = time.perf_counter() - t0
 
