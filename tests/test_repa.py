@@ -160,3 +160,22 @@ def test_saved_denoiser_drops_the_projector_and_loads_for_sampling(tmp_path):
     x = torch.zeros(2, 1, 8, 8)
     torch.testing.assert_close(net(x, torch.ones(2) * 500, class_labels=torch.tensor([1, 2])),
                                model.net.eval()(x, torch.ones(2) * 500, class_labels=torch.tensor([1, 2])))
+
+
+def test_clip_encoder_reads_the_patches_over_the_digit(digits):
+    from diffusekit.methods.repa import CLIPPatchEncoder
+    from diffusekit.nets.clip import CLIPModel
+
+    torch.manual_seed(0)
+    enc = CLIPPatchEncoder(CLIPModel())
+    x = digits.x[:3]
+    rgb = enc.render(x)
+    assert rgb.shape == (3, 3, 24, 24)
+    inside = torch.zeros(24, 24, dtype=torch.bool)
+    inside[6:18, 6:18] = True
+    assert bool((rgb[:, :, ~inside] == -1).all()) and rgb[:, :, inside].max() > 0  # a digit centred on black
+    feats = enc(x)
+    assert feats.shape == (3, enc.feature_dim, 4, 4)
+    full = enc.clip.image_patch_features(rgb).transpose(1, 2).reshape(3, -1, 6, 6)
+    torch.testing.assert_close(feats, full[:, :, 1:5, 1:5])
+    assert all(not p.requires_grad for p in enc.parameters())

@@ -7,7 +7,9 @@ Setup. A class-conditional DiT (``nets.dit.DiT``: patch 2 -> 16 tokens, hidden 6
 one Trainer seed for all arms, so every arm sees the same data order, the same t / noise / label-dropout draws and
 the same DiT initialisation. Arms: lambda in {0 (baseline), 0.1, 0.5, 1} at k = 2, and k in {1, 3} at lambda = 0.5,
 all with the zoo digits classifier's 4 x 4 conv features (64 channels) as the frozen target; plus the encoder of a
-denoising autoencoder trained here on the digits train split (32 channels, lambda 0.5, k = 2).
+denoising autoencoder trained here on the digits train split (32 channels, lambda 0.5, k = 2), and, when the zoo
+``captions_clip`` asset is built, the small CLIP's image-tower patch tokens on the digits drawn as its captioned RGB
+digits (``methods.repa.CLIPPatchEncoder``; lambda 0.5, k = 2).
 
 Measured. digits-FD (``metrics.digits_fd``, zoo classifier features; samples vs the test split) of the EMA net every
 ``eval_every`` steps: class-balanced samples from fixed noise, DDIM (= Euler on the flow path) with ``SAMPLE_STEPS``
@@ -25,8 +27,8 @@ import torch
 
 from ..core import NetworkDenoiser
 from ..data import load_dataset
-from ..methods.repa import (ClassifierPatchEncoder, REPALoss, REPAModel, linear_probe_accuracy, sit_loss,
-                            train_denoising_autoencoder)
+from ..methods.repa import (ClassifierPatchEncoder, CLIPPatchEncoder, REPALoss, REPAModel, linear_probe_accuracy,
+                            sit_loss, train_denoising_autoencoder)
 from ..metrics import digits_fd
 from ..nets import build_net
 from ..training import TrainConfig, Trainer
@@ -41,10 +43,21 @@ PROBE_DEPTH = 2
 # (name, encoder, lambda, k)
 ARMS = (("baseline", "classifier", 0.0, 2), ("lam0.1_k2", "classifier", 0.1, 2), ("lam0.5_k2", "classifier", 0.5, 2),
         ("lam1_k2", "classifier", 1.0, 2), ("lam0.5_k1", "classifier", 0.5, 1), ("lam0.5_k3", "classifier", 0.5, 3),
-        ("dae_lam0.5_k2", "dae", 0.5, 2))
+        ("dae_lam0.5_k2", "dae", 0.5, 2), ("clip_lam0.5_k2", "clip", 0.5, 2))
 QUICK_ARMS = ("baseline", "lam0.5_k2")
 FULL = {"steps": 1000, "eval_every": 200, "n_eval_per_class": 100, "dae_steps": 1500}
 QUICK = {"steps": 150, "eval_every": 75, "n_eval_per_class": 20, "dae_steps": 200}
+
+
+def clip_encoder() -> CLIPPatchEncoder | None:
+    """The zoo ``captions_clip`` image tower as a patch encoder, or None while that asset is not built."""
+    from .. import zoo
+
+    try:
+        clip = zoo.load("captions_clip")
+    except (zoo.ZooError, ImportError):
+        return None
+    return CLIPPatchEncoder(clip) if hasattr(clip, "image_patch_features") else None
 
 
 def _sample(net: torch.nn.Module, labels: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
@@ -95,7 +108,9 @@ def _run(quick: bool):
     classifier = zoo.load("digits_classifier")
     encoders = {"classifier": ClassifierPatchEncoder(classifier)}
     t0 = time.perf_counter()
-    arms = [a for a in ARMS if not quick or a[0] in QUICK_ARMS]
+    if not quick and (clip := clip_encoder()) is not None:
+        encoders["clip"] = clip
+    arms = [a for a in ARMS if (not quick or a[0] in QUICK_ARMS) and (a[1] != "clip" or "clip" in encoders)]
     if any(a[1] == "dae" for a in arms):
         encoders["dae"] = train_denoising_autoencoder(train.x, steps=sizes["dae_steps"], seed=0)
     dae_seconds = time.perf_counter() - t0

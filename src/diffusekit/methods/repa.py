@@ -300,25 +300,36 @@ def train_denoising_autoencoder(x: torch.Tensor, *, steps: int = 1500, noise_std
 
 
 class CLIPPatchEncoder(nn.Module):
-    """Frozen image-tower patch features of a small CLIP (``diffusekit.nets.clip.CLIPModel.image_patch_features``)
-    on grey digits rendered as RGB (the grey channel repeated, resized to the CLIP's image size), returned as a
-    (B, D, g, g) map of its g x g patch tokens."""
+    """Frozen image-tower patch features of a small CLIP (``diffusekit.nets.clip.CLIPModel.image_patch_features``,
+    final-LayerNorm patch tokens) on grey 8 x 8 digits drawn the way ``data.captioned`` draws a centred thin white
+    digit: intensity (x + 1) / 2 upscaled (bilinear) to S / 2 pixels in the centre of a black S x S RGB canvas,
+    back to [-1, 1]. Returned: the tokens of the patches that cover the digit, as a (B, D, g, g) map (S = 24,
+    patch 4: the 4 x 4 patches over pixels 4..19, the token grid of a patch-2 DiT on 8 x 8)."""
 
-    def __init__(self, clip: nn.Module, image_size: int | None = None):
+    def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip.eval().requires_grad_(False)
-        self.image_size = image_size or int((getattr(clip, "config", None) or {}).get("image_size", 8))
+        size, patch = int(clip.image_size), int(clip.patch_size)
+        self.digit_size, self.offset = size // 2, size // 4
+        self.first = self.offset // patch
+        self.last = -(-(self.offset + self.digit_size) // patch)  # ceil: the patch after the digit's last pixel
+        self.grid = size // patch
+        self.feature_dim = int(clip.config["image_width"])
+
+    def render(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 8, 8) in [-1, 1] -> (B, 3, S, S) in [-1, 1]: a white digit centred on black."""
+        ink = F.interpolate((x + 1) / 2, size=(self.digit_size,) * 2, mode="bilinear", align_corners=False)
+        size = self.clip.image_size
+        canvas = ink.new_zeros(x.shape[0], 3, size, size)
+        o, d = self.offset, self.digit_size
+        canvas[:, :, o:o + d, o:o + d] = ink.clamp(0, 1)
+        return canvas * 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = x.expand(-1, 3, -1, -1)
-        if rgb.shape[-1] != self.image_size:
-            rgb = F.interpolate(rgb, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        tokens = self.clip.image_patch_features(rgb)  # (B, N, D)
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:  # a class token in front
-            tokens = tokens[:, tokens.shape[1] - int(math.isqrt(tokens.shape[1] - 1)) ** 2:]
-            side = math.isqrt(tokens.shape[1])
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+        tokens = self.clip.image_patch_features(self.render(x))  # (B, grid^2, D), row-major
+        b, _, d = tokens.shape
+        fmap = tokens.transpose(1, 2).reshape(b, d, self.grid, self.grid)
+        return fmap[:, :, self.first:self.last, self.first:self.last]
 
 
 # ------------------------------------------------------------------------------------------- linear probe
