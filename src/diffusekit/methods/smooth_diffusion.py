@@ -58,7 +58,7 @@ from .cyclediffusion import ddim_invert
 from .quant.efficientdm import LoRADelta
 
 __all__ = ["step_variation", "variation_probe", "SmoothDiffusionLoss", "add_lora", "lora_parameters",
-           "finetune_smooth", "slerp", "slerp_frames", "ddim_invert", "interpolation_frames",
+           "variation_stats", "finetune_smooth", "slerp", "slerp_frames", "ddim_invert", "interpolation_frames",
            "consecutive_distances", "smoothness_stats", "inversion_mse", "evaluate_smoothness", "INIT_MEANS"]
 
 INIT_MEANS = ("first_batch", "zero")
@@ -182,6 +182,26 @@ class SmoothDiffusionLoss(DiffusionLoss):
                      "mean_variation": float(mean.detach())}
         scale = self.lambda_reg * self.reg_every * b / n
         return torch.cat([losses[:n] + scale * penalty, losses[n:]])
+
+
+def variation_stats(denoiser: NetworkDenoiser, x0: torch.Tensor, *, cond: dict | None = None,
+                    generator: torch.Generator | None = None) -> dict:
+    """The step-wise variation v (:func:`step_variation`) of a trained model on images x0 (B, ...) at training-
+    distributed t with fresh eps and probes y from ``generator``: mean, std and std / mean of v over the batch.
+    L_reg is the mean squared deviation of v from its running mean, so a regularised model should show a smaller
+    spread. Needs gradients (do not call under torch.no_grad); the network's parameters get no gradient."""
+    sched = denoiser.schedule
+    b = x0.shape[0]
+    t = sample_times(sched, b, generator)
+    eps = noise.randn(x0.shape, generator, dtype=x0.dtype).requires_grad_(True)
+    y = variation_probe(x0.shape, sched.sigma(t), generator, dtype=x0.dtype)
+    with torch.enable_grad():
+        x_t = sched.add_noise(x0, t, eps)
+        x0_hat = x0_from_prediction(denoiser.raw(x_t, t, **(cond or {})), x_t, t, sched, denoiser.prediction,
+                                    sigma_data=denoiser.sigma_data)
+        (g,) = torch.autograd.grad((x0_hat * y).sum(), eps)
+    v = g.flatten(1).norm(dim=1).double()
+    return {"mean": float(v.mean()), "std": float(v.std()), "std_over_mean": float(v.std() / v.mean())}
 
 
 # ---------------------------------------------------------------- LoRA and fine-tuning
