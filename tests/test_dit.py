@@ -162,3 +162,19 @@ def test_dit_learns_a_denoising_task_quickly():
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is not None for p in net.blocks[-1].parameters())
+
+
+def test_train_and_sample_a_dit_from_the_cli(tmp_path):
+    """`diffusekit train --net dit` fills the data shape into the DiT config (images and 1-D signals) and the
+    checkpoint samples with the default sampler."""
+    from diffusekit.cli import main
+    from diffusekit.train_cli import default_net
+
+    assert main(["train", "--data", "digits", "--net", "dit", "--conditional", "--steps", "2", "--batch-size", "8",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["sample", "--model", str(tmp_path / "run"), "--count", "4", "--steps", "2",
+                 "--out", str(tmp_path / "s.png"), "--no-progress"]) == 0
+    assert (tmp_path / "s.png").exists()
+    signal = default_net((10, 2, 16), None, {"name": "dit", "patch_size": 4})
+    assert signal["dims"] == 1 and signal["image_size"] == 16 and signal["in_channels"] == 2
+    assert build_net(signal)(torch.randn(3, 2, 16), 5.0).shape == (3, 2, 16)

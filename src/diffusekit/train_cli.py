@@ -265,10 +265,13 @@ def default_net(x_shape: tuple, num_classes: int | None, net: dict | None) -> di
     family = net.get("name") or ("mlp" if len(x_shape) == 2 else "unet")
     if family not in ("mlp", "unet"):
         keys = _net_keys(family)
-        if len(x_shape) != 4:
-            raise UserError(f"the {family} net takes images (N, C, H, W); this data has shape {x_shape}")
+        if len(x_shape) != 4 and not (len(x_shape) == 3 and "dims" in keys):
+            signals = " or signals (N, C, L)" if "dims" in keys else ""
+            raise UserError(f"the {family} net takes images (N, C, H, W){signals}; this data has shape {x_shape}")
         shape_keys = {"in_channels": x_shape[1], "out_channels": x_shape[1], "image_size": x_shape[-1],
                       "sample_size": x_shape[-1]}
+        if "dims" in keys:
+            shape_keys["dims"] = len(x_shape) - 2
         merged = {"name": family, **{k: v for k, v in shape_keys.items() if k in keys}, **net}
         if num_classes is not None and "num_classes" not in keys:
             raise UserError(f"the {family} net takes no class labels; train it without --conditional")

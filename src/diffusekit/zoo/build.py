@@ -14,17 +14,19 @@ from ..metrics.digits import train_digits_classifier
 from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
-from .recipes import (DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD, DIGITS_STUDENT_STEPS,
+from .recipes import (DIGITS_DIT_NET, DIGITS_DIT_TRAIN, DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD,
+                      DIGITS_STUDENT_STEPS,
                       DIGITS_STUDENT_TRAIN, PATCHES_LOSS, PATCHES_NET, PATCHES_SCHEDULE, PATCHES_TRAIN_N, RING_LOSS,
                       RING_NET, RING_SCHEDULE, best_training_free_2nfe, choose_consistency_tau, draw_digits_with,
                       evaluate_digits, evaluate_patches, train_model)
 
 # Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
 BUDGETS = {
-    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "ring_steps": 12_000, "patches_steps": 6_000,
+    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "dit_steps": 6_000, "ring_steps": 12_000,
+             "patches_steps": 6_000,
              "patches_eval_n": 256, "patches_samples": 1_000, "patches_train_n": PATCHES_TRAIN_N,
              "patches_likelihood_steps": 50, "student_steps": DIGITS_STUDENT_TRAIN["steps"], "student_eval_n": 100},
-    "quick": {"classifier_epochs": 1, "digits_steps": 4, "ring_steps": 4, "patches_steps": 4,
+    "quick": {"classifier_epochs": 1, "digits_steps": 4, "dit_steps": 4, "ring_steps": 4, "patches_steps": 4,
               "patches_eval_n": 4, "patches_samples": 8, "patches_train_n": 256, "patches_likelihood_steps": 2,
               "student_steps": 4, "student_eval_n": 2},
 }
@@ -58,6 +60,24 @@ def build_digits_unet(budget: dict, assets_dir: Path, progress: bool) -> dict:
             "training": config.to_dict(), "training_seconds": history["seconds"],
             "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])), "metrics": metrics}
     return write_asset("digits_unet", trainer.ema_model.state_dict(), meta, assets_dir)
+
+
+def build_digits_dit(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    """The class-conditional digits DiT (``DIGITS_DIT_NET``): same data, schedule and loss as ``digits_unet``."""
+    train = load_dataset("digits", "train")
+    config = TrainConfig(steps=budget["dit_steps"], log_every=100, progress=progress, **DIGITS_DIT_TRAIN)
+    trainer, loss, history = train_model(DIGITS_DIT_NET, DIGITS_SCHEDULE, DIGITS_LOSS, (train.x, train.y), config)
+    classifier = load("digits_classifier", assets_dir=assets_dir)
+    denoiser = loss.denoiser(trainer.ema_model.eval())
+    metrics = {}
+    for guidance in (1.0, 2.0):
+        for solver in ("ddim", "default"):
+            m, _ = evaluate_digits(denoiser, classifier, guidance=guidance, solver=solver)
+            metrics[f"guidance_{guidance:g}" + ("" if solver == "ddim" else "_default_sampler")] = m
+    meta = {"kind": "denoiser", "net": DIGITS_DIT_NET, "schedule": DIGITS_SCHEDULE, "loss": DIGITS_LOSS,
+            "training": config.to_dict(), "training_seconds": history["seconds"],
+            "final_loss": sum(history["loss"][-100:]) / max(1, len(history["loss"][-100:])), "metrics": metrics}
+    return write_asset("digits_dit", trainer.ema_model.state_dict(), meta, assets_dir)
 
 
 def build_toy_ring8(budget: dict, assets_dir: Path, progress: bool) -> dict:
@@ -137,7 +157,7 @@ def build_digits_student_2step(budget: dict, assets_dir: Path, progress: bool) -
 
 BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_digits_unet,
             "toy_ring8": build_toy_ring8, "patches_unet": build_patches_unet,
-            "digits_student_2step": build_digits_student_2step}
+            "digits_student_2step": build_digits_student_2step, "digits_dit": build_digits_dit}
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:

@@ -24,6 +24,13 @@ DIGITS_NET = {"name": "unet", "in_channels": 1, "base_channels": 32, "channel_mu
 DIGITS_SCHEDULE = {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000}
 DIGITS_LOSS = {"prediction": "eps", "weighting": "uniform", "label_dropout": 0.1}
 
+# The digits DiT (Peebles & Xie 2023): 8 x 8 digits cut into 2 x 2 patches (16 tokens), width 96, depth 4, 4 heads,
+# adaLN-Zero class conditioning; 724k parameters, close to DIGITS_NET's 756k, so ``bench dit`` compares the two
+# at equal size. Same schedule and loss as the UNet; a lower learning rate (1e-3) than the UNet's 2e-3.
+DIGITS_DIT_NET = {"name": "dit", "in_channels": 1, "image_size": 8, "patch_size": 2, "hidden_size": 96, "depth": 4,
+                  "num_heads": 4, "num_classes": 10}
+DIGITS_DIT_TRAIN = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999}
+
 # The demo's network: the digits UNet without attention and at half the width (DIGITS_NET stays the shipped
 # asset's config). Profiled at batch 128 on 8 x 8 inputs (torch.profiler), the 3 x 3 convolutions take ~60%
 # of a DIGITS_NET training step (backward 37%, forward 22%), attention ~5%, GroupNorm ~5%. Convolution cost
