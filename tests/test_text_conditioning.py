@@ -79,3 +79,89 @@ def test_masked_context_tokens_do_not_change_the_output():
         net(x, t, context=context, context_mask=torch.zeros(2, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="context must be"):
         net(x, t)
+
+
+# --- text conditioning: loss, null caption, guidance ------------------------------------------------------------
+
+
+def _tiny_text_model(seed=0):
+    from diffusekit.core import VPDiscrete
+    from diffusekit.methods.text_conditioning import TextConditionedDenoiser
+    from diffusekit.nets.text import CaptionTokenizer, TextEncoder
+
+    torch.manual_seed(seed)
+    tokenizer = CaptionTokenizer()
+    encoder = TextEncoder(tokenizer.vocab_size, width=12, depth=1, num_heads=2, max_len=24).double()
+    net = build_net(TEXT_UNET)
+    _randomise_outputs(net, seed)
+    net.double()
+    return TextConditionedDenoiser(net, VPDiscrete.named("linear", 1000), "eps", tokenizer=tokenizer,
+                                   text_encoder=encoder)
+
+
+CAPTIONS = ["a thick red 3", "a 5 in green", "thin blue digit 7 on the left and a white 1 on the right"]
+
+
+def test_cfg_on_the_null_caption_interpolates_conditional_and_null_models():
+    from diffusekit.methods.text_conditioning import NULL_CAPTION
+
+    den = _tiny_text_model()
+    cond = den.condition(CAPTIONS)
+    assert cond["context"].shape[:2] == cond["context_mask"].shape and cond["context_mask"].shape[0] == 3
+    null = den.null_condition(cond)
+    assert null["context_mask"].sum(1).tolist() == [2, 2, 2]  # <bos><eos>, padded to the captions' length
+    x, t = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    x0_c = den(x, t, **cond)
+    # the padded null condition is exactly the encoded empty caption on its own
+    x0_u = den(x, t, **den.condition([NULL_CAPTION] * 3))
+    torch.testing.assert_close(den(x, t, **null), x0_u, rtol=0, atol=1e-10)
+    assert (x0_c - x0_u).abs().max() > 1e-3  # the caption matters
+    torch.testing.assert_close(den.guided(1.0)(x, t, **cond), x0_c, rtol=0, atol=0)
+    torch.testing.assert_close(den.guided(0.0)(x, t, **cond), x0_u, rtol=0, atol=1e-10)
+    # w = 3 through one batched call equals the explicit formula x0_u + w (x0_c - x0_u) (affine in eps and x0)
+    torch.testing.assert_close(den.guided(3.0)(x, t, **cond), x0_u + 3.0 * (x0_c - x0_u), rtol=0, atol=1e-8)
+
+
+def test_samplers_run_on_the_text_guided_denoiser():
+    from diffusekit.core import CountingDenoiser, make_grid, prior_sample
+    from diffusekit.methods.text_conditioning import text_to_image
+    from diffusekit.samplers import get_sampler
+
+    den = _tiny_text_model()
+    x = text_to_image(den, CAPTIONS, guidance=3.0, steps=4, seed=0)
+    assert x.shape == (3, 3, 8, 8) and torch.isfinite(x).all() and x.abs().max() <= 1
+    torch.testing.assert_close(text_to_image(den, CAPTIONS[:1], guidance=3.0, steps=4, seed=0), x[:1])
+    ts = make_grid("trailing", den.schedule, 5)
+    x_T = prior_sample(den.schedule, (3, 3, 8, 8), torch.Generator().manual_seed(0))
+    for name in ("ddim", "dpm_solver_pp_2m", "heun"):
+        counting = CountingDenoiser(den.guided(2.0, rescale=0.5))
+        with torch.no_grad():
+            out = get_sampler(name).fn(counting, x_T, ts, cond=den.condition(CAPTIONS))
+        assert out.shape == x_T.shape and torch.isfinite(out).all() and counting.calls >= 4
+
+
+def test_text_loss_drops_captions_to_the_null_caption():
+    from diffusekit.core import VPDiscrete
+    from diffusekit.methods.text_conditioning import TextDiffusionLoss
+
+    den = _tiny_text_model()
+    loss = TextDiffusionLoss(VPDiscrete.named("linear", 1000), den.text_encoder, den.tokenizer, caption_dropout=0.5)
+    tokens, mask = den.tokenizer.encode(CAPTIONS * 40)
+    dropped_tokens, dropped_mask = loss.drop_captions(tokens, mask, torch.Generator().manual_seed(0))
+    dropped = (dropped_tokens != tokens).any(1)
+    assert 30 < int(dropped.sum()) < 90  # Binomial(120, 0.5)
+    null_tokens, null_mask = den.tokenizer.encode([""], max_len=tokens.shape[1])
+    assert (dropped_tokens[dropped] == null_tokens).all() and (dropped_mask[dropped] == null_mask).all()
+    assert (dropped_tokens[~dropped] == tokens[~dropped]).all()
+    x0 = torch.rand(120, 3, 8, 8) * 2 - 1
+    per_example = loss(den.net, (x0, tokens, mask), torch.Generator().manual_seed(1))
+    assert per_example.shape == (120,) and torch.isfinite(per_example).all()
+    # per-example generators: example i's draws do not depend on the rest of the batch
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(4)]  # noqa: E731
+    a = loss(den.net, (x0[:4], tokens[:4], mask[:4]), gens())
+    b = loss(den.net, (x0[:4], tokens[:4], mask[:4]), gens())
+    torch.testing.assert_close(a, b)
+    # the encoder stays frozen: no gradient reaches it
+    per_example.mean().backward()
+    assert all(p.grad is None for p in den.text_encoder.parameters())
+    assert any(p.grad is not None for p in den.net.parameters())
