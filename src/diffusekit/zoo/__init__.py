@@ -11,6 +11,8 @@ Assets:
 * ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (v prediction, continuous VP).
 * ``patches_unet``: unconditional UNet on 16 x 16 grey natural-image patches (eps prediction, discrete
   linear VP schedule); the natural-image prior of the inverse-problem, ResShift and OBC benches.
+* ``captions_judge``: attribute classifier (layout, per-slot digit / colour / thickness) on the captioned digits
+  train split, the judge of text-to-image (``recipes_t2i``).
 * ``digits_student_2step``: a consistency-distilled student of ``digits_unet`` (``ConsistencyDenoiser``), sampled
   in 2 network calls by multistep consistency sampling (its ``native_sampling``).
 """
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step")
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_judge")
 
 
 class ZooError(ValueError):
@@ -86,6 +88,11 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
         model = DigitsClassifier(**meta["net"])
         model.load_state_dict(state)
         return model.eval()
+    if meta["kind"] == "attribute_classifier" or "text" in meta:  # captions_judge, text-to-image (recipes_t2i)
+        from . import recipes_t2i
+
+        loader = recipes_t2i.load_attribute_classifier if "text" not in meta else recipes_t2i.load_zoo_text_model
+        return loader(state, meta)
     net = build_net(meta["net"])
     net.load_state_dict(state)
     net.eval()

@@ -14,6 +14,7 @@ from ..metrics.digits import train_digits_classifier
 from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
+from .recipes_t2i import T2I_QUICK_BUDGET, build_captions_judge, build_captions_unet
 from .recipes import (DIGITS_DIT_NET, DIGITS_DIT_TRAIN, DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD,
                       DIGITS_STUDENT_STEPS,
                       DIGITS_STUDENT_TRAIN, PATCHES_LOSS, PATCHES_NET, PATCHES_SCHEDULE, PATCHES_TRAIN_N, RING_LOSS,
@@ -158,6 +159,8 @@ def build_digits_student_2step(budget: dict, assets_dir: Path, progress: bool) -
 BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_digits_unet,
             "toy_ring8": build_toy_ring8, "patches_unet": build_patches_unet,
             "digits_student_2step": build_digits_student_2step, "digits_dit": build_digits_dit}
+BUILDERS.update({"captions_judge": build_captions_judge, "captions_unet": build_captions_unet})  # recipes_t2i
+BUDGETS["quick"].update(T2I_QUICK_BUDGET)
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:
