@@ -8,6 +8,8 @@ recipe trains in a few minutes on 2 CPU cores: at batch 128 the image tower is ~
 
 from __future__ import annotations
 
+import torch
+
 from ..data.captioned import make_captioned_digits
 from ..nets.clip import ZERO_SHOT_ATTRIBUTES, retrieval_recall, train_clip, zero_shot_accuracy
 from ..nets.text import CaptionTokenizer
@@ -16,7 +18,7 @@ CLIP_DATA = {"train_n": 10_000, "size": 24, "seed": 0, "eval_n": {"test": 2_000,
 CLIP_MODEL = {"image_size": 24, "embed_dim": 64, "patch_size": 4, "image_width": 64, "image_depth": 3,
               "image_heads": 4, "image_mlp_ratio": 2.0,
               "text": {"width": 64, "depth": 2, "num_heads": 4, "max_len": 32}}
-CLIP_TRAIN = {"steps": 1500, "batch_size": 128, "lr": 2e-3, "seed": 0, "weight_decay": 0.05, "warmup_steps": 100,
+CLIP_TRAIN = {"steps": 2000, "batch_size": 128, "lr": 2e-3, "seed": 0, "weight_decay": 0.05, "warmup_steps": 100,
               "recaption": True}
 
 
@@ -53,3 +55,36 @@ def train_captions_clip(steps: int | None = None, train_n: int | None = None, pr
     history["train"] = train
     metrics = evaluate_clip(model, tokenizer, eval_n, size=CLIP_DATA["size"])
     return model, tokenizer, history, metrics
+
+
+# ``diffusekit zoo build`` budgets (merged into ``build.BUDGETS``): the shipped asset and the --quick smoke test.
+CLIP_BUDGETS = {"full": {"clip_steps": CLIP_TRAIN["steps"], "clip_train_n": CLIP_DATA["train_n"],
+                         "clip_eval_n": CLIP_DATA["eval_n"]},
+                "quick": {"clip_steps": 4, "clip_train_n": 256, "clip_eval_n": {"test": 100, "heldout": 100}}}
+
+
+def build_captions_clip(budget: dict, assets_dir, progress: bool) -> dict:
+    """Train the ``captions_clip`` asset (:func:`train_captions_clip`) and write it with its manifest: the model
+    config, the tokenizer config, training wall/CPU seconds and the test / held-out metrics."""
+    from . import write_asset
+
+    model, tokenizer, history, metrics = train_captions_clip(budget["clip_steps"], budget["clip_train_n"], progress,
+                                                             budget["clip_eval_n"])
+    meta = {"kind": "clip", "net": model.config, "tokenizer": tokenizer.config(),
+            "data": {"name": "captioned_digits", "split": "train", "n": budget["clip_train_n"],
+                     "size": CLIP_DATA["size"], "seed": CLIP_DATA["seed"]},
+            "training": history["train"], "training_seconds": history["seconds"],
+            "training_cpu_seconds": history["cpu_seconds"], "torch_threads": torch.get_num_threads(),
+            "final_loss": sum(history["loss"][-50:]) / len(history["loss"][-50:]),
+            "final_logit_scale": history["logit_scale"][-1], "metrics": metrics}
+    return write_asset("captions_clip", model.state_dict(), meta, assets_dir)
+
+
+def load_clip(state: dict, meta: dict):
+    """The zoo's ``CLIPModel`` in eval mode, with its ``CaptionTokenizer`` attached as ``model.tokenizer``."""
+    from ..nets.clip import CLIPModel
+
+    model = CLIPModel(**meta["net"])
+    model.load_state_dict(state)
+    model.tokenizer = CaptionTokenizer(**meta["tokenizer"])
+    return model.eval()
