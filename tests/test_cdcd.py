@@ -103,3 +103,34 @@ def test_quick_bench_contrastive_models_move_away_from_negatives_and_keep_accura
     # conditional accuracy with the contrastive term >= without (two contrastive models vs two seeds of lambda_c = 0)
     cdcd = [table["step-intra 0.1"]["accuracy"], table["step-inter 0.1"]["accuracy"]]
     assert sum(cdcd) / 2 >= sum(r["accuracy"] for r in base) / 2, table
+
+
+def test_caption_conditioning_path_trains_the_text_encoder_and_samples():
+    from diffusekit.data.captioned import make_captioned_digits
+    from diffusekit.methods.cdcd import sample_tokens
+    from diffusekit.methods.discrete import GreyLevelTokens, TokenTransformer
+    from diffusekit.nets.text import CaptionTokenizer, TextEncoder
+
+    data = make_captioned_digits("train", n=24, size=16, seed=0)
+    grey = GreyLevelTokens(4, image_size=16)
+    tokens = grey.encode(data.images.amax(1, keepdim=True))                    # (24, 256) brightness tokens
+    caption_ids, caption_mask = CaptionTokenizer().encode(data.captions)
+    group = data.attributes["digit_0"] * 10 + data.attributes["colour_0"]        # inter negatives: other content
+    tok = CaptionTokenizer()
+    torch.manual_seed(0)
+    net = TokenTransformer(4, grey.grid, hidden_size=32, depth=1, num_heads=2, num_labels=None,
+                           text_encoder=TextEncoder(tok.vocab_size, width=32, depth=1, num_heads=2))
+    proc = MaskReplaceDiffusion(4, 10, absorbing=True)
+    loss = CDCDLoss(proc, lambda_c=0.1, mode="step", negatives="inter", num_negatives=2, pool=(tokens, group),
+                    condition=lambda b: {"caption_tokens": b[2], "caption_mask": b[3]})
+    with torch.no_grad():  # past the zero-initialised output layer, as after a few optimiser steps
+        net.out.weight.normal_(0, 0.5)
+    loss(net, (tokens, group, caption_ids, caption_mask), torch.Generator().manual_seed(0)).mean().backward()
+    # the caption reaches the loss: the (zero-initialised) cross-attention output projection gets a gradient
+    assert float(net.blocks[0].cross.proj.weight.grad.abs().sum()) > 0
+    out = sample_tokens(proc, net, None, [0, 1], grey.seq_len, caption_tokens=caption_ids[:2],
+                        caption_mask=caption_mask[:2])
+    assert out.shape == (2, 256) and int(out.max()) < 4
+    alone = sample_tokens(proc, net, None, [1], grey.seq_len, caption_tokens=caption_ids[1:2],
+                          caption_mask=caption_mask[1:2])
+    assert torch.equal(alone[0], out[1])

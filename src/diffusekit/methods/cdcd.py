@@ -89,13 +89,16 @@ class CDCDLoss:
     """Per-example CDCD training loss ``loss(model, (tokens, labels), generator) -> (B,)`` for ``Trainer``.
 
     L = L_vb + lambda_aux w_t CE(x0, p_theta(x0 | x_t, c)) - lambda_c w_t mean_k mean_tokens min(KL_neg, margin),
-    w_t = 1 + t / T; ``lambda_c = 0`` is exactly the VQ-Diffusion loss. ``model(x_t, t_net, class_labels=labels)``.
-    ``pool``: (tokens, labels) to draw inter negatives from (the training set)."""
+    w_t = 1 + t / T; ``lambda_c = 0`` is exactly the VQ-Diffusion loss. The batch is (tokens, labels, *extra);
+    ``condition(batch) -> dict`` gives the model's conditioning keywords (default ``{"class_labels": labels}``; for
+    captions e.g. ``lambda b: {"caption_tokens": b[2], "caption_mask": b[3]}`` with ``labels`` an id of the caption's
+    content, so inter negatives are samples of other captions). ``pool``: (tokens, labels) to draw inter negatives
+    from (the training set)."""
 
     def __init__(self, process: MaskReplaceDiffusion, *, lambda_c: float = 0.0, mode: str = "step",
                  negatives: str = "intra", num_negatives: int = 10, num_chunks: int = 8, margin: float | None = None,
                  aux_weight: float = 5e-4, adaptive_aux: bool = True,
-                 pool: Sequence[torch.Tensor] | None = None):
+                 pool: Sequence[torch.Tensor] | None = None, condition=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if negatives not in NEGATIVES:
@@ -109,6 +112,7 @@ class CDCDLoss:
         self.margin = math.log(process.num_classes) if margin is None else float(margin)
         self.aux_weight, self.adaptive_aux = float(aux_weight), bool(adaptive_aux)
         self.pool = pool
+        self.condition = condition if condition is not None else (lambda batch: {"class_labels": batch[1]})
         self.config = {"lambda_c": self.lambda_c, "mode": mode, "negatives": negatives,
                        "num_negatives": self.num_negatives, "num_chunks": self.num_chunks, "margin": self.margin,
                        "aux_weight": self.aux_weight, "adaptive_aux": self.adaptive_aux}
@@ -122,7 +126,7 @@ class CDCDLoss:
 
     def __call__(self, model, batch, generator=None) -> torch.Tensor:
         x0, labels = batch[0], batch[1]
-        terms = self.process.loss_terms(model, x0, generator, class_labels=labels)
+        terms = self.process.loss_terms(model, x0, generator, **self.condition(batch))
         loss = self.process.vb_loss(terms, aux_weight=self.aux_weight, adaptive_aux=self.adaptive_aux)
         if self.lambda_c == 0:
             return loss.float()
@@ -132,21 +136,24 @@ class CDCDLoss:
         return (loss - self.lambda_c * w * push).float()
 
 
-def train_discrete(net: torch.nn.Module, loss_fn, tokens: torch.Tensor, labels: torch.Tensor, *, steps: int,
-                   seed: int = 0, batch_size: int = 64, lr: float = 1e-3, max_seconds: float | None = None,
+def train_discrete(net: torch.nn.Module, loss_fn, tokens: torch.Tensor, labels: torch.Tensor, *extra: torch.Tensor,
+                   steps: int, seed: int = 0, batch_size: int = 64, lr: float = 1e-3, max_seconds: float | None = None,
                    progress: bool = False):
-    """Train ``net`` with ``loss_fn(model, (tokens, labels), generator)`` (AdamW, 50-step warm-up, grad clip 1, no EMA)
-    with the shared ``Trainer``; returns (net in eval mode, {"steps", "seconds"})."""
+    """Train ``net`` with ``loss_fn(model, (tokens, labels, *extra), generator)`` (AdamW, 50-step warm-up, grad clip
+    1, no EMA) with the shared ``Trainer``; returns (net in eval mode, {"steps", "seconds"})."""
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(50, steps), ema_decay=None,
                       seed=seed, max_seconds=max_seconds, progress=progress, log_every=10 ** 9)
-    hist = Trainer(net, loss_fn, (tokens, labels), cfg).fit()
+    hist = Trainer(net, loss_fn, (tokens, labels, *extra), cfg).fit()
     net.eval()
     return net, {"steps": int(hist.get("step", steps)), "seconds": float(hist.get("seconds", float("nan")))}
 
 
 @torch.no_grad()
-def sample_tokens(process: MaskReplaceDiffusion, net: torch.nn.Module, labels: torch.Tensor, seeds: Sequence[int],
-                  seq_len: int) -> torch.Tensor:
-    """Class-conditional ancestral samples (B, N), one generator per sample seeded by ``seeds`` (batch invariant)."""
+def sample_tokens(process: MaskReplaceDiffusion, net: torch.nn.Module, labels: torch.Tensor | None,
+                  seeds: Sequence[int], seq_len: int, **cond) -> torch.Tensor:
+    """Conditional ancestral samples (B, N), one generator per sample seeded by ``seeds`` (batch invariant);
+    ``labels`` are class labels (None for caption conditioning through ``**cond``)."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    return process.sample(net, len(gens), seq_len, gens, class_labels=labels)
+    if labels is not None:
+        cond["class_labels"] = labels
+    return process.sample(net, len(gens), seq_len, gens, **cond)

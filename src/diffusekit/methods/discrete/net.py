@@ -19,13 +19,20 @@ __all__ = ["TokenTransformer"]
 
 
 class TokenTransformer(nn.Module):
-    """``forward(x_t (B, N) long, t (B,) network time, class_labels=None, context=None, context_mask=None)
-    -> logits (B, N, K)``; N = grid[0] * grid[1] tokens (row-major)."""
+    """``forward(x_t (B, N) long, t (B,) network time, class_labels=None, context=None, context_mask=None,
+    caption_tokens=None, caption_mask=None) -> logits (B, N, K)``; N = grid[0] * grid[1] tokens (row-major).
+
+    Caption conditioning: give ``text_encoder`` (e.g. ``nets.text.TextEncoder``; its ``width`` becomes
+    ``context_dim``) and call with ``caption_tokens``, ``caption_mask`` (``CaptionTokenizer().encode``); the encoder's
+    hidden states are the cross-attention context, trained jointly. Or pass a precomputed ``context`` directly."""
 
     def __init__(self, num_classes: int, grid: tuple[int, int], *, hidden_size: int = 64, depth: int = 2,
                  num_heads: int = 4, mlp_ratio: float = 2.0, num_labels: int | None = 10,
-                 context_dim: int | None = None):
+                 context_dim: int | None = None, text_encoder: nn.Module | None = None):
         super().__init__()
+        if text_encoder is not None:
+            context_dim = int(text_encoder.width)
+        self.text_encoder = text_encoder
         if grid[0] != grid[1]:
             raise ValueError(f"grid must be square, got {grid}")
         self.num_classes, self.grid, self.seq_len = num_classes, tuple(grid), grid[0] * grid[1]
@@ -44,7 +51,12 @@ class TokenTransformer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t: torch.Tensor, t, class_labels=None, context=None, context_mask=None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t, class_labels=None, context=None, context_mask=None,
+                caption_tokens=None, caption_mask=None) -> torch.Tensor:
+        if caption_tokens is not None:
+            if self.text_encoder is None:
+                raise ValueError("caption_tokens were given but this network has no text_encoder")
+            context, context_mask = self.text_encoder(caption_tokens, caption_mask)[0], caption_mask.bool()
         if x_t.dtype != torch.long or x_t.ndim != 2 or x_t.shape[1] != self.seq_len:
             raise ValueError(f"x_t must be long tokens (B, {self.seq_len}), got {x_t.dtype} {tuple(x_t.shape)}")
         h = self.token(x_t) + self.pos
