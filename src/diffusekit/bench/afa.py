@@ -178,11 +178,12 @@ def _run(quick: bool):
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         ax.bar([b + (i - len(names) / 2 + 0.5) * width for b in range(len(buckets))],
-               [table[name]["test_loss"][b] for b in buckets], width, label=name)
+               [table[name]["test_loss"][b] / table["output_avg"]["test_loss"][b] for b in buckets], width, label=name)
     ax.set_xticks(range(len(buckets)), [f"t {b}" for b in buckets])
-    ax.set_yscale("log")
-    ax.set_title("test eps-MSE per timestep bucket", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_ylim(0.85, 1.2)
+    ax.set_title("test eps-MSE per timestep bucket, relative to output averaging (lower is better)", fontsize=9)
+    ax.legend(fontsize=7, ncol=3)
     ax = fig.add_subplot(grid[0, 2])
     ax.bar(range(len(names)), [table[n]["digits_fd"] for n in names])
     ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
@@ -191,8 +192,9 @@ def _run(quick: bool):
     for k, (key, label) in enumerate((("accuracy_0_4", "digits 0-4"), ("accuracy_5_9", "digits 5-9"))):
         ax.bar([i + (k - 0.5) * 0.4 for i in range(len(names))], [table[n][key] for n in names], 0.4, label=label)
     ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+    ax.set_ylim(0.5, 1.0)
     ax.set_title("class accuracy of conditional samples", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     ax = fig.add_subplot(grid[1, :2])
     ts = [int(n) for n in stats]
     for m, name in enumerate(EXPERT_SUBSETS):
