@@ -3,7 +3,7 @@ frozen encoder's patch features speed up training?
 
 Setup. A class-conditional DiT (``nets.dit.DiT``: patch 2 -> 16 tokens, hidden 64, depth 4, 4 heads) trained as SiT
 (``methods.repa.sit_loss``: flow path x_t = (1 - t) x0 + t eps, velocity target, label dropout 0.1) with AdamW
-(lr 1e-3, batch 64, warm-up 50, EMA 0.99) on the digits train split, for the same number of steps in every arm;
+(lr 1e-3, batch 128, warm-up 50, EMA 0.99) on the digits train split, for the same number of steps in every arm;
 one Trainer seed for all arms, so every arm sees the same data order, the same t / noise / label-dropout draws and
 the same DiT initialisation. Arms: lambda in {0 (baseline), 0.1, 0.5, 1} at k = 2, and k in {1, 3} at lambda = 0.5,
 all with the zoo digits classifier's 4 x 4 conv features (64 channels) as the frozen target; plus the encoder of a
@@ -36,7 +36,7 @@ from . import bench_progress, register_bench
 
 NET = {"name": "dit", "in_channels": 1, "image_size": 8, "patch_size": 2, "hidden_size": 64, "depth": 4,
        "num_heads": 4, "num_classes": 10}
-TRAIN = {"batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.99}
+TRAIN = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.99}
 SAMPLE_STEPS = 20
 PROBE_T = 0.5
 PROBE_DEPTH = 2
@@ -45,8 +45,8 @@ ARMS = (("baseline", "classifier", 0.0, 2), ("lam0.1_k2", "classifier", 0.1, 2),
         ("lam1_k2", "classifier", 1.0, 2), ("lam0.5_k1", "classifier", 0.5, 1), ("lam0.5_k3", "classifier", 0.5, 3),
         ("dae_lam0.5_k2", "dae", 0.5, 2), ("clip_lam0.5_k2", "clip", 0.5, 2))
 QUICK_ARMS = ("baseline", "lam0.5_k2")
-FULL = {"steps": 1000, "eval_every": 200, "n_eval_per_class": 100, "dae_steps": 1500}
-QUICK = {"steps": 150, "eval_every": 75, "n_eval_per_class": 20, "dae_steps": 200}
+FULL = {"steps": 800, "eval_every": 200, "n_eval_per_class": 50, "dae_steps": 1500}
+QUICK = {"steps": 300, "eval_every": 150, "n_eval_per_class": 20, "dae_steps": 200}
 
 
 def clip_encoder() -> CLIPPatchEncoder | None:
