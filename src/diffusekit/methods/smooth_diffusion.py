@@ -244,7 +244,8 @@ def finetune_smooth(denoiser: NetworkDenoiser, x: torch.Tensor, labels: torch.Te
     """Fine-tune a copy of ``denoiser``'s network with :class:`SmoothDiffusionLoss` (``lambda_reg = 0``: plain
     L_simple, the control) through the generic ``Trainer`` (AdamW, constant lr, grad clip 1, no EMA), LoRA of
     ``lora_rank`` (None: all weights). Data x (N, C, H, W), labels (N,) or None. Returns (a NetworkDenoiser of the
-    fine-tuned copy in eval mode, info: loss config, final a_bar, last losses, seconds, trainable parameters)."""
+    fine-tuned copy in eval mode, info: loss config, final a_bar, the last regularised call's mean v and L_reg,
+    ``final_loss`` (mean training loss of the last 20 steps, penalty included), seconds, trainable parameters)."""
     from ..training.trainer import TrainConfig, Trainer
 
     net = copy.deepcopy(denoiser.net).train()
