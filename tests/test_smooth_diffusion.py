@@ -14,8 +14,8 @@ from diffusekit.bench import run_bench
 from diffusekit.core import GaussianMixture, NetworkDenoiser, VPDiscrete, grid_uniform
 from diffusekit.core.predictions import x0_from_prediction
 from diffusekit.methods.smooth_diffusion import (SmoothDiffusionLoss, add_lora, consecutive_distances, ddim_invert,
-                                                 lora_parameters, slerp, slerp_frames, smoothness_stats,
-                                                 step_variation, variation_probe)
+                                                 interpolation_frames, inversion_mse, lora_parameters, slerp,
+                                                 slerp_frames, smoothness_stats, step_variation, variation_probe)
 from diffusekit.nets import build_net
 from diffusekit.samplers import sample_ddim
 from diffusekit.training.losses import DiffusionLoss
@@ -151,6 +151,13 @@ def test_ddim_inversion_then_generation_reconstructs_with_the_exact_gmm_denoiser
     assert errs[500] < 0.1 * errs[20] and errs[500] < 1e-3
     # the inverted latents look like the prior (unit variance), not like the data
     assert float(x_T.std()) == pytest.approx(1.0, abs=0.25)
+    # the interpolation path starts and ends at the reconstructions of its two images
+    ts = grid_uniform(SCHED, 200, t_end=0.0)
+    frames, latents = interpolation_frames(den, x0[:8], x0[8:16], ts, frames=5)
+    assert frames.shape == (8, 5, 4) and latents.shape == (2, 8, 4)
+    torch.testing.assert_close(frames[:, 0], sample_ddim(den, latents[0], ts))
+    assert float(((frames[:, -1] - x0[8:16]) ** 2).mean()) < 1e-2
+    assert inversion_mse(den, x0[:8], ts) < 1e-2
 
 
 def test_slerp_endpoints_norm_and_fallback():
