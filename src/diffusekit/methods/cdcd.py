@@ -89,7 +89,8 @@ class CDCDLoss:
     """Per-example CDCD training loss ``loss(model, (tokens, labels), generator) -> (B,)`` for ``Trainer``.
 
     L = L_vb + lambda_aux w_t CE(x0, p_theta(x0 | x_t, c)) - lambda_c w_t mean_k mean_tokens min(KL_neg, margin),
-    w_t = 1 + t / T; ``lambda_c = 0`` is exactly the VQ-Diffusion loss. The batch is (tokens, labels, *extra);
+    w_t = 1 + t / T; ``lambda_c = 0`` is exactly ``process.vb_loss`` (VQ-Diffusion's loss with uniform t and
+    unit mask weights). The batch is (tokens, labels, *extra);
     ``condition(batch) -> dict`` gives the model's conditioning keywords (default ``{"class_labels": labels}``; for
     captions e.g. ``lambda b: {"caption_tokens": b[2], "caption_mask": b[3]}`` with ``labels`` an id of the caption's
     content, so inter negatives are samples of other captions). ``pool``: (tokens, labels) to draw inter negatives
