@@ -1,8 +1,8 @@
 """Smooth Diffusion (Guo, Xu, Liu, Yang, Shi et al., CVPR 2024, arXiv 2312.04410): a smooth latent space by a
 step-wise variation regulariser, and the inversion / interpolation evaluation that measures it.
 
-**Step-wise variation regularisation** (paper Sec. 3.3, eq. 6-7; reference ``train_smooth_diffusion.py``,
-``step_regularize`` and ``de_noise``). With the training noise eps made a leaf that requires grad,
+**Step-wise variation regularisation** (paper Sec. 3; reference ``train_smooth_diffusion.py``, ``step_regularize``
+and ``de_noise``). With the training noise eps made a leaf that requires grad,
 
     x_t    = alpha_t x0 + sigma_t eps,
     x0_hat = (x_t - sigma_t eps_theta(x_t, t)) / alpha_t          (any prediction type, via x0_from_prediction)
@@ -13,7 +13,7 @@ step-wise variation regulariser, and the inversion / interpolation evaluation th
     L_reg  = mean (v - a_bar)^2
     L      = L_simple + lambda_reg L_reg                           (lambda_reg = 1 in the paper)
 
-This is StyleGAN2's path-length regulariser (Karras et al. 2020, arXiv 1912.04958, eq. 4) applied to the map
+This is StyleGAN2's path-length regulariser (Karras et al. 2020, arXiv 1912.04958, Sec. 3.2) applied to the map
 from the noise to the one-step x0 prediction: it asks a small change of the noise to move the prediction by a
 distance that does not depend on where or in which direction one moves, which the paper ties to a smooth
 DDIM-inverted latent space (even interpolation steps, faithful inversion). As in the reference, the penalty uses
@@ -22,7 +22,7 @@ the already-updated running mean (the gradient sees its decay * mean(v) part), a
 Deviations, all switchable: ``init_mean="first_batch"`` (our default) starts a_bar at the first regularised batch's
 mean(v) instead of 0 -- the reference's zero start is a warm-up of a few hundred steps in its 30k-step run, but
 it would span most of a few-hundred-step fine-tune here and mostly shrink v towards 0; ``init_mean="zero"``
-reproduces the reference. Lazy regularisation as in StyleGAN2 (Sec. B): ``reg_every = k`` evaluates the
+reproduces the reference. Lazy regularisation as in StyleGAN2 (Sec. 3.1): ``reg_every = k`` evaluates the
 regulariser on every k-th call only, on the first ``reg_batch`` examples of the batch, and weights it by
 k * B / reg_batch so that its expected gradient is unchanged (``reg_every=1, reg_batch=None`` is the reference:
 every step, whole batch). The regularised sub-batch goes through the network in its own forward pass, so the
@@ -32,11 +32,18 @@ GroupNorm and attention here do). The running mean is per process (no all-reduce
 **Fine-tuning** (:func:`finetune_smooth`): the paper trains LoRA rank 8 on SD 1.5 (constant lr 1e-4, 30k steps);
 here the zoo digits UNet is fine-tuned with :func:`add_lora` (rank 8, frozen base) or fully.
 
-**Evaluation** (paper Sec. 4.2): DDIM inversion (``cyclediffusion.ddim_invert``: the eta = 0 DDIM update run
-from t = 0 to T) of two images, spherical interpolation of the inverted x_T (:func:`slerp`) over 16 frames with
-the class fixed, each frame decoded by DDIM on the same grid. Smoothness (:func:`smoothness_stats`): per pair the
-std (the paper's ISTD uses LPIPS; here pixel L2 and digits-classifier features) and max of the 15 consecutive-frame
-distances, averaged over pairs; reconstruction: the MSE of decode(invert(x)) against x (:func:`inversion_mse`).
+**Evaluation** (the paper's interpolation and inversion experiments): DDIM inversion
+(``cyclediffusion.ddim_invert``: the eta = 0 DDIM update run from t = 0 to T) of two images, spherical interpolation
+of the inverted x_T (:func:`slerp`) over 16 frames with the class fixed, each frame decoded by DDIM on the same
+grid. Smoothness (:func:`smoothness_stats`): per pair the std (the paper's ISTD uses LPIPS; here pixel L2 and
+digits-classifier features) and max of the 15 consecutive-frame distances, averaged over pairs; reconstruction: the
+MSE of decode(invert(x)) against x (:func:`inversion_mse`).
+
+Measured (``diffusekit bench smooth``: digits_unet + LoRA 8, 400 steps, batch 64, lr 1e-3, same seed per arm; 20
+same-class test pairs, DDIM 20 steps; digits-FD of 500 samples at guidance 1): lambda_reg = 0 / 0.1 / 1 give a std
+of consecutive-frame pixel distances 0.278 / 0.224 / 0.200 (std/mean 0.601 / 0.562 / 0.523), inversion MSE
+0.0089 / 0.0084 / 0.0074, and digits-FD 10.5 / 10.2 / 12.9 (accuracy 0.992 / 0.984 / 0.968): smoother and more
+faithful, at a quality cost for lambda_reg = 1.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def variation_probe(shape, sigma: torch.Tensor, generator=None, *, dtype=torch.f
 
 
 def step_variation(x0_hat: torch.Tensor, eps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """v_i = || d (x0_hat . y) / d eps_i ||_2 = || J_i^T y_i ||_2 (Smooth Diffusion, arXiv 2312.04410, eq. 6),
+    """v_i = || d (x0_hat . y) / d eps_i ||_2 = || J_i^T y_i ||_2 (Smooth Diffusion, arXiv 2312.04410),
     with J_i = d x0_hat_i / d eps_i. ``eps`` is the leaf x0_hat was computed from; the graph is kept
     (create_graph) so that v can be penalised. Shapes: x0_hat, eps, y (B, ...) -> v (B,). Needs a network that
     treats the examples of a batch independently (then the batch sum separates into per-example products)."""
@@ -91,8 +98,8 @@ def _slice_cond(cond: dict, sl: slice) -> dict:
 class SmoothDiffusionLoss(DiffusionLoss):
     """L_i = L_simple_i + lambda_reg * k * (B / b) * (v_i - a_bar)^2 for the b regularised examples of a
     regularised call (every k = ``reg_every``-th call; the first b = ``reg_batch`` examples, default all), and
-    L_simple_i otherwise: the batch mean is L_simple + lambda_reg * L_reg of Smooth Diffusion (arXiv 2312.04410,
-    eq. 7) with StyleGAN2's lazy weighting; see the module docstring for v, a_bar and the deviations.
+    L_simple_i otherwise: the batch mean is L_simple + lambda_reg * L_reg of Smooth Diffusion (arXiv 2312.04410)
+    with StyleGAN2's lazy weighting; see the module docstring for v, a_bar and the deviations.
 
     A ``Trainer`` loss: ``loss(net, batch, generator) -> Tensor[B]``. Draws come in DiffusionLoss's order
     (t, eps, label dropout), then the probe y on regularised calls, whatever lambda_reg, so runs that differ
@@ -337,7 +344,7 @@ def smoothness_stats(distances: torch.Tensor) -> dict:
 
 def inversion_mse(denoiser: Denoiser, x: torch.Tensor, ts, *, cond: dict | None = None) -> float:
     """mean ||DDIM(DDIM-inversion(x)) - x||^2 / D over the images x (B, ...), on the grid ``ts`` (eta = 0):
-    the reconstruction error of the paper's inversion experiment (Sec. 4.3). Call under torch.no_grad."""
+    the reconstruction error of the paper's inversion experiment. Call under torch.no_grad."""
     rec = sample_ddim(denoiser, ddim_invert(denoiser, x, ts, cond=cond), ts, cond=cond)
     return float(((rec - x) ** 2).flatten(1).mean(1).mean())
 
