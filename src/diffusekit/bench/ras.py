@@ -9,6 +9,10 @@ the fraction of token-forwards computed (NFE-equivalent compute), forward FLOPs 
 matmuls and attention), wall time per sample (all settings timed in turn in every round; medians), digits-FD (vs
 the test split), class accuracy and the MSE to the dense sample from the same noise. The baseline at matched wall
 time: the dense sampler with fewer steps.
+
+Measured (full run, DiT trained here): dense FD 55.6; RAS r = 0.5 (cache low) 62% of the tokens, 1.73x faster,
+FD 65.8, MSE to dense 0.028; r = 0.25 2.18x, FD 79.5. At matched wall time 9 dense steps do better (FD 59.1,
+MSE 0.005): on 16 tokens, cutting steps beats cutting tokens.
 """
 
 from __future__ import annotations
