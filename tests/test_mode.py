@@ -3,7 +3,6 @@ cache, and the quick bench's direction."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -126,23 +125,40 @@ def test_one_dimensional_mode_and_sampling_with_the_cache():
     assert net.blocks[0].last_routing is None
 
 
-def test_fused_forward_is_faster_at_equal_output():
+def _matmul_calls(fn) -> int:
+    """Number of matrix-multiply kernels (mm, addmm, bmm, baddbmm) dispatched while running ``fn``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = {"mm", "addmm", "bmm", "baddbmm"}
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in names:
+                Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.calls
+
+
+def test_fused_forward_runs_fewer_kernels_at_equal_output():
+    """Expert caching: per block, one fused SwiGLU (3 matmuls) replaces the router MLP and top-k experts (the
+    saving is counted in kernels, not wall time, so the test is deterministic on a busy machine; ``bench mode``
+    times it)."""
     net = _net(hidden_size=64, depth=2, num_experts=4, top_k=2)
     x, t, y = torch.randn(64, 1, 8, 8), torch.full((64,), 400.0), torch.arange(64) % 10
-    times = {"dynamic": [], "fused": []}
     with torch.no_grad():
-        for _ in range(40):  # interleaved; minima resist the noise of a shared machine
-            for mode in ("dynamic", "fused"):
-                if mode == "fused":
-                    net.precompute_experts(t[:1])
-                else:
-                    net.clear_expert_cache()
-                t0 = time.perf_counter()
-                out = net(x, t, y)
-                times[mode].append(time.perf_counter() - t0)
-    assert min(times["fused"]) < min(times["dynamic"])
-    net.clear_expert_cache()
-    assert (out - net(x, t, y)).abs().max() < 1e-5
+        net.clear_expert_cache()
+        dynamic = net(x, t, y)
+        dynamic_calls = _matmul_calls(lambda: net(x, t, y))
+        net.precompute_experts(t[:1])
+        fused = net(x, t, y)
+        fused_calls = _matmul_calls(lambda: net(x, t, y))
+    assert fused_calls < dynamic_calls
+    assert (fused - dynamic).abs().max() < 1e-5
 
 
 def test_routing_entropy_mutual_information():
