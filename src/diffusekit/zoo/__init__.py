@@ -13,6 +13,8 @@ Assets:
   linear VP schedule); the natural-image prior of the inverse-problem, ResShift and OBC benches.
 * ``captions_judge``: attribute classifier (layout, per-slot digit / colour / thickness) on the captioned digits
   train split, the judge of text-to-image (``recipes_t2i``).
+* ``captions_unet``: text-to-image cross-attention UNet on the 24 x 24 captioned digits with its frozen text encoder
+  (a ``TextConditionedDenoiser``; CFG on the null caption via ``methods.text_conditioning``).
 * ``digits_student_2step``: a consistency-distilled student of ``digits_unet`` (``ConsistencyDenoiser``), sampled
   in 2 network calls by multistep consistency sampling (its ``native_sampling``).
 """
@@ -32,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_judge")
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_judge",
+          "captions_unet")
 
 
 class ZooError(ValueError):
