@@ -11,7 +11,9 @@ Compared, on the digits test split: AFA (aggregators only, trained on the whole 
 frozen), output averaging (mean eps), weight averaging (mean parameters) and each expert alone. Reported:
 eps-MSE per timestep bucket (the same x0, t and eps for every model), digits-FD and class accuracy of
 class-conditional samples (DDIM, trailing grid, guidance 1 = the conditional model itself), per-class
-accuracy and class coverage (classes whose samples the zoo classifier recognises at >= 50%). The softmax
+accuracy and class coverage (classes whose samples the zoo classifier recognises at >= 50%). A reference that is
+not an ensemble, ``generalist``, continues the shared base on the whole train split for as many steps as an
+expert's fine-tune plus AFA's training. The softmax
 aggregation maps are recorded per t: their spatial spread (mean over pixels of the std over pixels) and the
 mean weight each expert gets on test images of digits 0-4 and of 5-9 at every t bucket.
 """
@@ -66,8 +68,8 @@ def _fit(net, data: tuple, steps: int, batch: int, seed: int, lr: float = 2e-3):
     return trainer.ema_model.eval()
 
 
-def train_experts(x: torch.Tensor, y: torch.Tensor, sizes: dict) -> tuple[list, dict]:
-    """The shared base net, then one fine-tuned copy per biased subset. Returns (experts, info)."""
+def train_experts(x: torch.Tensor, y: torch.Tensor, sizes: dict) -> tuple[list, dict, torch.nn.Module]:
+    """The shared base net, then one fine-tuned copy per biased subset. Returns (experts, info, base)."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
     base = _fit(build_net(DEMO_NET), (x, y), sizes["base_steps"], sizes["batch"], seed=0)
@@ -80,7 +82,7 @@ def train_experts(x: torch.Tensor, y: torch.Tensor, sizes: dict) -> tuple[list, 
     info = {"subset_sizes": {n: len(subsets[n]) for n in EXPERT_SUBSETS},
             "subset_share_0_4": {n: float((y[subsets[n]] < 5).double().mean()) for n in EXPERT_SUBSETS},
             "seconds": time.perf_counter() - t0}
-    return experts, info
+    return experts, info, base
 
 
 @torch.no_grad()
@@ -146,7 +148,13 @@ def _run(quick: bool):
     schedule = schedule_from_config(DIGITS_SCHEDULE)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     classifier = zoo.load("digits_classifier")
-    experts, expert_info = train_experts(train.x, train.y, sizes)
+    experts, expert_info, base = train_experts(train.x, train.y, sizes)
+    # reference, not an ensemble: the shared base trained on the whole train split for as many more steps as an
+    # expert's fine-tune plus AFA's training (one model, all data)
+    t0 = time.perf_counter()
+    generalist = _fit(copy.deepcopy(base).train().requires_grad_(True), (train.x, train.y),
+                      sizes["expert_steps"] + sizes["afa_steps"], sizes["batch"], seed=10)
+    expert_info["generalist_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ensemble = AFAEnsemble(experts, hidden=sizes["afa_hidden"])
@@ -158,6 +166,7 @@ def _run(quick: bool):
 
     models = {"afa": ensemble, "output_avg": OutputAverage(experts), "weight_avg": average_weights(experts)}
     models.update({f"expert_{name}": e for name, e in zip(EXPERT_SUBSETS, experts)})
+    models["generalist"] = generalist
     table, shown = {}, {}
     for name, net in bench_progress(models.items(), desc="afa: evaluate", total=len(models)):
         t1 = time.perf_counter()
@@ -224,7 +233,8 @@ def _run(quick: bool):
     loss_all = {n: table[n]["test_loss"]["all"] for n in table}
     summary = (f"test eps-MSE: AFA {a:.4f} (uniform-feature init {init_loss:.4f}), output avg "
                f"{loss_all['output_avg']:.4f}, weight avg {loss_all['weight_avg']:.4f}, "
-               f"best expert {best_name} {table[best_name]['test_loss']['all']:.4f}; digits-FD / accuracy: "
+               f"best expert {best_name} {loss_all[best_name]:.4f}, generalist (one net, all data, not an ensemble) "
+               f"{loss_all['generalist']:.4f}; digits-FD / accuracy: "
                + ", ".join(f"{n} {table[n]['digits_fd']:.2f}/{table[n]['class_accuracy']:.3f}" for n in table))
     return {"sizes": sizes, "experts": expert_info, "expert_net": DEMO_NET,
             "afa": {"aggregator_params": sum(p.numel() for p in ensemble.trainable_parameters()),
