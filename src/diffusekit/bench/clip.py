@@ -11,7 +11,8 @@ Part 2 (zoo ``captions_unet``: cross-attention UNet, caption dropout 0.1, CFG on
 default sampler (``samplers.DEFAULT``, 10 steps) at guidance w in (1, 2, 3, 5) and for the null caption "" (the
 unconditional model: what the captions get by chance). The judge is the zoo's ``captions_judge`` (an attribute
 classifier trained on the real train split only): per-attribute accuracy (layout = number/placement of digits,
-digit, colour, thickness over requested slots) and all-correct; plus the CLIP score, mean 100 cos(image, caption)
+digit, colour, thickness over requested slots), ``pair_0`` (the first digit shows the requested digit AND colour:
+the held-out pair itself in the heldout split) and all-correct; plus the CLIP score, mean 100 cos(image, caption)
 under ``captions_clip`` (Hessel et al. 2021, arXiv 2104.08718, without their 2.5 rescaling), beside the same score
 of real test images with their own captions.
 """
@@ -26,7 +27,7 @@ from . import bench_progress, register_bench
 
 GUIDANCE = (1.0, 2.0, 3.0, 5.0)
 QUICK_GUIDANCE = (1.0, 3.0)
-ATTRIBUTE_ORDER = ("layout", "digit", "colour", "thickness", "all_correct")
+ATTRIBUTE_ORDER = ("layout", "digit", "colour", "thickness", "pair_0", "all_correct")
 
 
 def _clip_and_tokenizer():

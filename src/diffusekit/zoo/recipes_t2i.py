@@ -133,7 +133,8 @@ def predict_attributes(classifier: AttributeClassifier, images: torch.Tensor, ba
 def attribute_accuracy(predicted: dict, requested: dict) -> dict:
     """Fraction of requested attributes the images show (per attribute over the requested digit slots; ``layout``
     per image: the number and placement of digits), and ``all_correct``: images whose layout and every slot's
-    digit, colour and thickness are all right. ``requested``: the captions' attributes (dataset encoding)."""
+    digit, colour and thickness are all right; ``pair_0``: images whose first (left or only) digit has the requested
+    digit and colour (in the heldout split, always a held-out pair). ``requested``: the captions' attributes."""
     layout_ok = predicted["num_digits"] == requested["num_digits"]
     out, all_ok = {"layout": float(layout_ok.double().mean())}, layout_ok.clone()
     for a in ("digit", "colour", "thickness"):
@@ -146,6 +147,10 @@ def attribute_accuracy(predicted: dict, requested: dict) -> dict:
             all_ok &= ok | ~present
         out[a] = right / max(count, 1)
     out["all_correct"] = float(all_ok.double().mean())
+    # the first (left or only) digit's (digit, colour) pair: the held-out pair in every heldout-split caption
+    pair_ok = layout_ok & (predicted["digit_0"] == requested["digit_0"])
+    pair_ok &= predicted["colour_0"] == requested["colour_0"]
+    out["pair_0"] = float(pair_ok.double().mean())
     return out
 
 
