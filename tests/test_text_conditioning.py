@@ -208,3 +208,21 @@ def test_quick_bench_guidance_makes_images_follow_their_captions(tmp_path):
     assert pooled["w=3"] > pooled["w=1"]
     real = result["text_to_image"]["real_images"]
     assert all(real[name]["all_correct"] > 0.9 for name in real)  # the judge reads real captioned images
+
+
+def test_captions_unet_recipe_rebuilds_quick_and_loads(tmp_path):
+    import shutil
+
+    from diffusekit.methods.text_conditioning import TextConditionedDenoiser
+    from diffusekit.zoo.build import build
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.ASSETS_DIR / f"captions_judge{suffix}", tmp_path)
+    meta = build(["captions_unet"], quick=True, assets_dir=tmp_path, progress=False)["captions_unet"]
+    assert meta["training_steps"] == 4 and meta["text"]["frozen"] and meta["net"]["context_dim"] == 64
+    den = zoo.load("captions_unet", assets_dir=tmp_path)
+    assert isinstance(den, TextConditionedDenoiser)
+    shipped = zoo.load("captions_unet")
+    # the recipe's frozen encoder is the shipped one (same seeded initialisation)
+    for (k, a), (_, b) in zip(den.text_encoder.state_dict().items(), shipped.text_encoder.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
