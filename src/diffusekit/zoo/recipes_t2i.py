@@ -28,7 +28,7 @@ T2I_NET = {"name": "unet", "in_channels": 3, "base_channels": 16, "channel_mult"
            "attention_resolutions": [6], "num_heads": 4, "image_size": 24}  # + context_dim of the text encoder
 T2I_SCHEDULE = {"name": "vp_discrete", "beta_schedule": "linear", "num_train_timesteps": 1000}
 T2I_LOSS = {"prediction": "eps", "weighting": "uniform", "caption_dropout": 0.1}
-T2I_TRAIN = {"steps": 4000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995, "seed": 0}
+T2I_TRAIN = {"steps": 7000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995, "seed": 0}
 T2I_DATA_N = 10_000
 
 ATTRIBUTES = ("digit", "colour", "thickness", "layout")
