@@ -2,7 +2,9 @@
 
 * ``captions_unet``: a cross-attention UNet (``T2I_NET``) on 24 x 24 RGB captioned digits (train split), eps
   prediction on the discrete linear VP schedule, caption dropout 0.1 (``methods.text_conditioning``), its context
-  the frozen text tower of the zoo's ``captions_clip`` (hidden states of every token).
+  the hidden states of every token under a frozen ``nets.text.TextEncoder`` at its seeded random initialisation
+  (``frozen_text_encoder``; shipped inside the asset). Not the ``captions_clip`` text tower: that asset did not
+  exist when this model had to be trained, and the two were not compared.
 * ``AttributeClassifier``: a CNN trained separately (on the same train split, never on generated images) that
   reads the layout (one centred digit, or a left and a right digit) and each slot's digit, colour and stroke
   thickness; ``attribute_accuracy`` scores generated images against the attributes their captions asked for.
