@@ -36,6 +36,7 @@ from ..plotting import atomic_write_bytes, default_file_mode
 ASSETS_DIR = Path(__file__).parent / "assets"
 MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_judge",
           "captions_unet")
+MODELS += ("captions_clip",)  # small CLIP on captioned digits (nets/clip.py, zoo/recipes_clip.py)
 
 
 class ZooError(ValueError):
@@ -96,6 +97,10 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
 
         loader = recipes_t2i.load_attribute_classifier if "text" not in meta else recipes_t2i.load_zoo_text_model
         return loader(state, meta)
+    if meta["kind"] == "clip":  # captions_clip: CLIPModel with its tokenizer (recipes_clip)
+        from .recipes_clip import load_clip
+
+        return load_clip(state, meta)
     net = build_net(meta["net"])
     net.load_state_dict(state)
     net.eval()

@@ -14,6 +14,7 @@ from ..metrics.digits import train_digits_classifier
 from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
+from .recipes_clip import CLIP_BUDGETS, build_captions_clip
 from .recipes_t2i import T2I_QUICK_BUDGET, build_captions_judge, build_captions_unet
 from .recipes import (DIGITS_DIT_NET, DIGITS_DIT_TRAIN, DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD,
                       DIGITS_STUDENT_STEPS,
@@ -23,7 +24,7 @@ from .recipes import (DIGITS_DIT_NET, DIGITS_DIT_TRAIN, DIGITS_LOSS, DIGITS_NET,
 
 # Full-size budgets (the shipped assets) and --quick budgets (smoke tests).
 BUDGETS = {
-    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "dit_steps": 6_000, "ring_steps": 12_000,
+    "full": {"classifier_epochs": 40, "digits_steps": 6_000, "dit_steps": 5_000, "ring_steps": 12_000,
              "patches_steps": 6_000,
              "patches_eval_n": 256, "patches_samples": 1_000, "patches_train_n": PATCHES_TRAIN_N,
              "patches_likelihood_steps": 50, "student_steps": DIGITS_STUDENT_TRAIN["steps"], "student_eval_n": 100},
@@ -161,6 +162,10 @@ BUILDERS = {"digits_classifier": build_digits_classifier, "digits_unet": build_d
             "digits_student_2step": build_digits_student_2step, "digits_dit": build_digits_dit}
 BUILDERS.update({"captions_judge": build_captions_judge, "captions_unet": build_captions_unet})  # recipes_t2i
 BUDGETS["quick"].update(T2I_QUICK_BUDGET)
+
+BUILDERS["captions_clip"] = build_captions_clip  # recipes_clip
+for _kind, _clip_budget in CLIP_BUDGETS.items():
+    BUDGETS[_kind].update(_clip_budget)
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:

@@ -18,7 +18,7 @@ CLIP_DATA = {"train_n": 10_000, "size": 24, "seed": 0, "eval_n": {"test": 2_000,
 CLIP_MODEL = {"image_size": 24, "embed_dim": 64, "patch_size": 4, "image_width": 64, "image_depth": 3,
               "image_heads": 4, "image_mlp_ratio": 2.0,
               "text": {"width": 64, "depth": 2, "num_heads": 4, "max_len": 32}}
-CLIP_TRAIN = {"steps": 2000, "batch_size": 128, "lr": 2e-3, "seed": 0, "weight_decay": 0.05, "warmup_steps": 100,
+CLIP_TRAIN = {"steps": 1500, "batch_size": 128, "lr": 2e-3, "seed": 0, "weight_decay": 0.05, "warmup_steps": 100,
               "recaption": True}
 
 
