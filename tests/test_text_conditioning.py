@@ -208,6 +208,12 @@ def test_quick_bench_guidance_makes_images_follow_their_captions(tmp_path):
     assert pooled["w=3"] > pooled["w=1"]
     real = result["text_to_image"]["real_images"]
     assert all(real[name]["all_correct"] > 0.9 for name in real)  # the judge reads real captioned images
+    if result["clip"] is not None:  # zoo captions_clip present: far above chance (1/7 colour, 1/100 recall@1)
+        for split in ("test", "heldout"):
+            assert result["clip"][split]["zero_shot_colour"] > 0.5
+            assert result["clip"][split]["text_to_image@1"] > 0.3
+        for name in ("seen", "heldout"):
+            assert table[name]["w=3"]["clip_score"] > table[name]["null"]["clip_score"] + 20
 
 
 def test_captions_unet_recipe_rebuilds_quick_and_loads(tmp_path):
