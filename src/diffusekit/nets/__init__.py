@@ -10,6 +10,7 @@ from torch import nn
 
 from .diffusers_backbones import DiffusersDiT, DiffusersUNet2D
 from .dit import DiT
+from .mode import MoDE
 from .embedding import TimeClassEmbedding, timestep_embedding
 from .mlp import MLPDenoiserNet
 from .unet import ScaledDotProductAttention, UNet
@@ -18,6 +19,7 @@ __all__ = [
     "MLPDenoiserNet",
     "UNet",
     "DiT",
+    "MoDE",
     "ScaledDotProductAttention",
     "NETS",
     "build_net",
@@ -26,9 +28,8 @@ __all__ = [
     "TimeClassEmbedding",
 ]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet, "dit": DiT}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLPDenoiserNet, "unet": UNet, "dit": DiT, "mode": MoDE}
 NETS.update({"diffusers_unet2d": DiffusersUNet2D, "diffusers_dit": DiffusersDiT})  # diffusers imported when built
-NETS["mode"] = __import__(f"{__name__}.mode", fromlist=["MoDE"]).MoDE  # mixture of denoising experts
 
 
 def build_net(config: dict) -> nn.Module:

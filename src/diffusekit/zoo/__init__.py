@@ -34,9 +34,8 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_judge",
-          "captions_unet")
-MODELS += ("captions_clip",)  # small CLIP on captioned digits (nets/clip.py, zoo/recipes_clip.py)
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_clip",
+          "captions_judge", "captions_unet")
 
 
 class ZooError(ValueError):
