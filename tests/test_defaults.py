@@ -54,7 +54,7 @@ def test_default_samples_finite_on_every_schedule(kind):
     assert float(x.norm(dim=1).mean()) == pytest.approx(2.0, abs=0.3)  # on the ring of radius 2
 
 
-@pytest.mark.parametrize("name", ["toy_ring8", "digits_unet", "patches_unet"])
+@pytest.mark.parametrize("name", ["toy_ring8", "digits_unet", "patches_unet", "digits_dit"])
 def test_default_grid_for_zoo_models(name):
     den = zoo.load(name)
     shipped = D.load_grid_file(D.PACKAGED_GRIDS_DIR)

@@ -453,6 +453,7 @@ def default_timesteps(denoiser, steps: int | None = None, *, search: bool | str 
 
 
 ZOO_GRID_JOBS = {"toy_ring8": ((2,), 64, (5, 10, 20)), "digits_unet": ((1, 8, 8), 16, (5, 10)),
+                 "digits_dit": ((1, 8, 8), 16, (5, 10)),
                  "patches_unet": ((1, 16, 16), 16, (5, 10))}
 
 

@@ -11,6 +11,9 @@ Assets:
 * ``toy_ring8``: MLP denoiser on the 8-mode ring Gaussian mixture (v prediction, continuous VP).
 * ``patches_unet``: unconditional UNet on 16 x 16 grey natural-image patches (eps prediction, discrete
   linear VP schedule); the natural-image prior of the inverse-problem, ResShift and OBC benches.
+* ``digits_dit``: the digits task of ``digits_unet`` on a diffusion transformer (``nets.dit.DiT``, patch 2, width 96,
+  depth 4; ``zoo.recipes.DIGITS_DIT_NET``), same schedule and loss.
+* ``captions_clip``: a small CLIP (ViT image tower + caption transformer) on the captioned compositional digits.
 * ``captions_judge``: attribute classifier (layout, per-slot digit / colour / thickness) on the captioned digits
   train split, the judge of text-to-image (``recipes_t2i``).
 * ``captions_unet``: text-to-image cross-attention UNet on the 24 x 24 captioned digits with its frozen text encoder
@@ -34,8 +37,8 @@ from safetensors.torch import load_file, save_file
 from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "captions_clip",
-          "captions_judge", "captions_unet")
+MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "digits_dit",
+          "captions_clip", "captions_judge", "captions_unet")
 
 
 class ZooError(ValueError):
