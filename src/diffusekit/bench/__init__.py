@@ -104,14 +104,7 @@ def _load_all() -> None:
     from . import quant  # noqa: F401
     from . import pso, tadsr  # noqa: F401
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
-    import importlib
-
-    for module in ("dit", "clip", "dtr_ant", "repa", "smooth", "afa", "cdcd", "ras", "mode"):  # being written
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{module}":
-                raise
+    from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
 
 
 _load_all()
