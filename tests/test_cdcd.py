@@ -124,7 +124,7 @@ def test_caption_conditioning_path_trains_the_text_encoder_and_samples():
     loss = CDCDLoss(proc, lambda_c=0.1, mode="step", negatives="inter", num_negatives=2, pool=(tokens, group),
                     condition=lambda b: {"caption_tokens": b[2], "caption_mask": b[3]})
     with torch.no_grad():  # past the zero-initialised output layer, as after a few optimiser steps
-        net.out.weight.normal_(0, 0.5)
+        net.final.linear.weight.normal_(0, 0.5)
     loss(net, (tokens, group, caption_ids, caption_mask), torch.Generator().manual_seed(0)).mean().backward()
     # the caption reaches the loss: the (zero-initialised) cross-attention output projection gets a gradient
     assert float(net.blocks[0].cross.proj.weight.grad.abs().sum()) > 0

@@ -30,7 +30,8 @@ from torch import nn
 
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
-__all__ = ["DiT", "DiTBlock", "Attention", "CrossAttention", "sincos_positions", "dtr_channel_mask"]
+__all__ = ["DiT", "DiTBlock", "FinalLayer", "Attention", "CrossAttention", "sincos_positions", "dtr_channel_mask",
+           "positive_int"]
 
 
 def _sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -172,7 +173,7 @@ class DiTBlock(nn.Module):
         return h
 
 
-class _FinalLayer(nn.Module):
+class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a zero-initialised linear map to ``patch_area * out_channels``."""
 
     def __init__(self, dim: int, out_features: int):
@@ -189,7 +190,8 @@ class _FinalLayer(nn.Module):
         return self.linear(_modulate(self.norm(h), shift, scale))
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (not a bool), else a one-line ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -217,13 +219,13 @@ class DiT(nn.Module):
                  out_channels: int | None = None, dtr_beta: float | None = None, dtr_alpha: float = 4.0,
                  dtr_num_tasks: int = 1000):
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
-        image_size = _positive_int("image_size", image_size)
-        patch_size = _positive_int("patch_size", patch_size)
-        hidden_size = _positive_int("hidden_size", hidden_size)
-        depth = _positive_int("depth", depth)
-        num_heads = _positive_int("num_heads", num_heads)
+        in_channels = positive_int("in_channels", in_channels)
+        out_channels = in_channels if out_channels is None else positive_int("out_channels", out_channels)
+        image_size = positive_int("image_size", image_size)
+        patch_size = positive_int("patch_size", patch_size)
+        hidden_size = positive_int("hidden_size", hidden_size)
+        depth = positive_int("depth", depth)
+        num_heads = positive_int("num_heads", num_heads)
         if dims not in (1, 2) or isinstance(dims, bool):
             raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
         if image_size % patch_size != 0:
@@ -233,9 +235,9 @@ class DiT(nn.Module):
         if pos_embed not in ("sincos", "learned"):
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
         if num_classes is not None:
-            num_classes = _positive_int("num_classes", num_classes)
+            num_classes = positive_int("num_classes", num_classes)
         if context_dim is not None:
-            context_dim = _positive_int("context_dim", context_dim)
+            context_dim = positive_int("context_dim", context_dim)
         if dtr_beta is not None and not (isinstance(dtr_beta, (int, float)) and 0.0 < dtr_beta <= 1.0):
             raise ValueError(f"dtr_beta must be None or in (0, 1], got {dtr_beta!r}")
         if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
@@ -245,7 +247,7 @@ class DiT(nn.Module):
                        "mlp_ratio": float(mlp_ratio), "num_classes": num_classes, "context_dim": context_dim,
                        "dims": dims, "pos_embed": pos_embed, "out_channels": out_channels,
                        "dtr_beta": None if dtr_beta is None else float(dtr_beta), "dtr_alpha": float(dtr_alpha),
-                       "dtr_num_tasks": _positive_int("dtr_num_tasks", dtr_num_tasks, 2)}
+                       "dtr_num_tasks": positive_int("dtr_num_tasks", dtr_num_tasks, 2)}
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.patch_size, self.dims = image_size, patch_size, dims
         self.hidden_size, self.num_classes, self.context_dim = hidden_size, num_classes, context_dim
@@ -259,7 +261,7 @@ class DiT(nn.Module):
             self.pos = nn.Parameter(torch.randn(1, self.num_tokens, hidden_size) * 0.02)
         self.embed = TimeClassEmbedding(256, hidden_size, num_classes)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
-        self.final = _FinalLayer(hidden_size, patch_size**dims * out_channels)
+        self.final = FinalLayer(hidden_size, patch_size**dims * out_channels)
 
     def _check_input(self, x) -> None:
         if not torch.is_tensor(x):

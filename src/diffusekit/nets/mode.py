@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit import sincos_positions
+from .dit import positive_int, sincos_positions
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
 __all__ = ["MoDE", "MoDEBlock", "SwiGLUExperts", "ROUTER_INPUTS"]
@@ -142,12 +142,6 @@ class MoDEBlock(nn.Module):
         return h + self.mixture(x, top_i, top_w)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class MoDE(nn.Module):
     """Mixture-of-denoising-experts transformer, ``forward(x, t, class_labels=None)`` like every net here.
 
@@ -166,13 +160,13 @@ class MoDE(nn.Module):
                  expert_hidden: int | None = None, num_classes: int | None = None, dims: int = 2,
                  out_channels: int | None = None, router_input: str = "noise"):
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
-        image_size, patch_size = _positive_int("image_size", image_size), _positive_int("patch_size", patch_size)
-        hidden_size, depth = _positive_int("hidden_size", hidden_size), _positive_int("depth", depth)
-        num_heads, num_experts = _positive_int("num_heads", num_heads), _positive_int("num_experts", num_experts)
-        top_k = _positive_int("top_k", top_k)
-        expert_hidden = hidden_size if expert_hidden is None else _positive_int("expert_hidden", expert_hidden)
+        in_channels = positive_int("in_channels", in_channels)
+        out_channels = in_channels if out_channels is None else positive_int("out_channels", out_channels)
+        image_size, patch_size = positive_int("image_size", image_size), positive_int("patch_size", patch_size)
+        hidden_size, depth = positive_int("hidden_size", hidden_size), positive_int("depth", depth)
+        num_heads, num_experts = positive_int("num_heads", num_heads), positive_int("num_experts", num_experts)
+        top_k = positive_int("top_k", top_k)
+        expert_hidden = hidden_size if expert_hidden is None else positive_int("expert_hidden", expert_hidden)
         if top_k > num_experts:
             raise ValueError(f"top_k must be <= num_experts ({num_experts}), got {top_k}")
         if dims not in (1, 2) or isinstance(dims, bool):
@@ -184,7 +178,7 @@ class MoDE(nn.Module):
         if router_input not in ROUTER_INPUTS:
             raise ValueError(f"router_input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
         if num_classes is not None:
-            num_classes = _positive_int("num_classes", num_classes)
+            num_classes = positive_int("num_classes", num_classes)
         self.config = {"name": "mode", "in_channels": in_channels, "image_size": image_size,
                        "patch_size": patch_size, "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads,
                        "num_experts": num_experts, "top_k": top_k, "expert_hidden": expert_hidden,

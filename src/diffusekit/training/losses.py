@@ -137,6 +137,13 @@ class DiffusionLoss:
         b = x0.shape[0]
         t = sample_times(self.schedule, b, generator, method=self.time_sampling).to(x0.device)
         eps = noise.randn(x0.shape, generator, dtype=x0.dtype).to(x0.device)
+        return self.loss_at(net, x0, t, eps, labels, generator)
+
+    def loss_at(self, net: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-example loss (B,) at given times t (B,) and noise eps (shaped like x0):
+        L_i = w(t_i) mean_j (F(x_t, t_i)_j - target_j)^2 with x_t = alpha_t x0 + sigma_t eps. ``generator`` only
+        feeds label dropout. ``__call__`` draws t and eps, then calls this."""
         x_t = self.schedule.add_noise(x0, t, eps)
         cond = class_condition(net, labels, self.label_dropout, generator)
         out = self.denoiser(net).raw(x_t, t, **cond)

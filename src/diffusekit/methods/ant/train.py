@@ -25,11 +25,9 @@ import torch
 from tqdm import tqdm
 
 from ...core import noise
-from ...core._tensor import per_sample
-from ...core.predictions import prediction_from_x0_eps
 from ...core.schedules import VPDiscrete
 from ...training.config import TrainConfig
-from ...training.losses import DiffusionLoss, class_condition, loss_weight
+from ...training.losses import DiffusionLoss
 from ...training.state import derive_seed
 from .balancing import MeanBalancer, make_balancer
 
@@ -73,14 +71,7 @@ def diffusion_loss_at(loss: DiffusionLoss, net: torch.nn.Module, x0: torch.Tenso
     """Per-example loss of ``DiffusionLoss`` at given times t (B,) and noise eps (shaped like x0):
     L_i = w(t_i) mean_j (F(x_t, t_i)_j - target_j)^2 with x_t = alpha_t x0 + sigma_t eps (same prediction type,
     weighting and input scaling as ``loss``). ``generator`` only feeds label dropout, if any."""
-    x_t = loss.schedule.add_noise(x0, t, eps)
-    cond = class_condition(net, labels, loss.label_dropout, generator)
-    out = loss.denoiser(net).raw(x_t, t, **cond)
-    target = prediction_from_x0_eps(x0, eps, t, loss.schedule, loss.prediction, sigma_data=loss.sigma_data)
-    per_example = ((out - target) ** 2).flatten(1).mean(1)
-    weight = loss_weight(t, loss.schedule, loss.prediction, loss.weighting, min_snr_gamma=loss.min_snr_gamma,
-                         sigma_data=loss.sigma_data)
-    return per_example * per_sample(weight, per_example)
+    return loss.loss_at(net, x0, t, eps, labels, generator)
 
 
 def _check_schedule(loss: DiffusionLoss) -> VPDiscrete:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...nets.dit import DiTBlock, sincos_positions
+from ...nets.dit import DiTBlock, FinalLayer, sincos_positions
 from ...nets.embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
 __all__ = ["TokenTransformer"]
@@ -44,12 +44,7 @@ class TokenTransformer(nn.Module):
         self.register_buffer("pos", sincos_positions(grid[0], hidden_size, 2)[None], persistent=False)
         self.embed = TimeClassEmbedding(256, hidden_size, num_labels)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-        self.out = nn.Linear(hidden_size, num_classes)
-        for layer in (self.final_mod[1], self.out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.final = FinalLayer(hidden_size, num_classes)  # adaLN-modulated norm, zero-initialised logits
 
     def forward(self, x_t: torch.Tensor, t, class_labels=None, context=None, context_mask=None,
                 caption_tokens=None, caption_mask=None) -> torch.Tensor:
@@ -64,5 +59,4 @@ class TokenTransformer(nn.Module):
         c = self.embed(t, prepare_labels(class_labels, x_t.shape[0], self.num_labels, h.device))
         for block in self.blocks:
             h = block(h, c, context, context_mask)
-        shift, scale = (m[:, None, :] for m in self.final_mod(c).chunk(2, dim=1))
-        return self.out(self.norm(h) * (1 + scale) + shift)
+        return self.final(h, c)
