@@ -31,7 +31,7 @@ from torch import nn
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
 __all__ = ["DiT", "DiTBlock", "FinalLayer", "Attention", "CrossAttention", "sincos_positions", "dtr_channel_mask",
-           "positive_int"]
+           "positive_int", "check_token_geometry"]
 
 
 def _sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -197,6 +197,16 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+def check_token_geometry(dims, image_size: int, patch_size: int, hidden_size: int, num_heads: int) -> None:
+    """One-line ValueErrors for a patch-token transformer whose dims, patching or head split cannot work."""
+    if dims not in (1, 2) or isinstance(dims, bool):
+        raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
+    if image_size % patch_size != 0:
+        raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+
+
 class DiT(nn.Module):
     """Diffusion transformer with ``forward(x, t, class_labels=None, context=None, context_mask=None)``.
 
@@ -226,12 +236,7 @@ class DiT(nn.Module):
         hidden_size = positive_int("hidden_size", hidden_size)
         depth = positive_int("depth", depth)
         num_heads = positive_int("num_heads", num_heads)
-        if dims not in (1, 2) or isinstance(dims, bool):
-            raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
-        if image_size % patch_size != 0:
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
-        if hidden_size % num_heads != 0:
-            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        check_token_geometry(dims, image_size, patch_size, hidden_size, num_heads)
         if pos_embed not in ("sincos", "learned"):
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
         if num_classes is not None:

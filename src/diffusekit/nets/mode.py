@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit import positive_int, sincos_positions
+from .dit import check_token_geometry, positive_int, sincos_positions
 from .embedding import TimeClassEmbedding, prepare_labels, prepare_time
 
 __all__ = ["MoDE", "MoDEBlock", "SwiGLUExperts", "ROUTER_INPUTS"]
@@ -169,12 +169,7 @@ class MoDE(nn.Module):
         expert_hidden = hidden_size if expert_hidden is None else positive_int("expert_hidden", expert_hidden)
         if top_k > num_experts:
             raise ValueError(f"top_k must be <= num_experts ({num_experts}), got {top_k}")
-        if dims not in (1, 2) or isinstance(dims, bool):
-            raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
-        if image_size % patch_size != 0:
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
-        if hidden_size % num_heads != 0:
-            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+        check_token_geometry(dims, image_size, patch_size, hidden_size, num_heads)
         if router_input not in ROUTER_INPUTS:
             raise ValueError(f"router_input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
         if num_classes is not None:
