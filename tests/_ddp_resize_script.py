@@ -14,6 +14,7 @@ Rank 0 writes ``OUT_DIR/ws2.json`` with the three loss curves and the final weig
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,8 @@ def main() -> None:
                   "full_weights": flat(full.model), "ema_weights": flat(full.ema_model)}
         (out / "ws2.json").write_text(json.dumps(result))
     D.barrier()
+    del full, at4, from_ws1  # free the DDP reducers before the process group (see _ddp_script.py)
+    gc.collect()
     D.cleanup()
 
 
