@@ -109,3 +109,34 @@ def grouped_psnr_bars(ax, table: dict, groups, methods, *, labels=None) -> None:
     ax.set_ylabel("PSNR (dB)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+
+
+def figure_to_rgb(fig) -> np.ndarray:
+    """Render a matplotlib figure to an (H, W, 3) uint8 array (one animation frame); the figure stays open."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_gif(frames, path, *, fps: float = 10.0) -> None:
+    """Write frames ((H, W, 3) or (H, W) uint8 arrays, all the same size) as a looping GIF, atomically.
+
+    Used for episode and video animations in the docs; Pillow does the encoding (no extra dependency).
+    """
+    import io as _io
+
+    from PIL import Image
+
+    from .io import atomic_write_bytes
+
+    frames = [np.asarray(f) for f in frames]
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    if any(f.dtype != np.uint8 or f.shape != frames[0].shape or f.ndim not in (2, 3) for f in frames):
+        raise ValueError("save_gif frames must be uint8 arrays of one shape, (H, W) or (H, W, 3)")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    images = [Image.fromarray(f) for f in frames]
+    buffer = _io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
+                   loop=0)
+    atomic_write_bytes(path, buffer.getvalue())

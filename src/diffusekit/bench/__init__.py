@@ -9,6 +9,8 @@ stderr, shown only on a terminal and switched off by ``--no-progress``.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import platform
 import sys
 import time
@@ -105,6 +107,9 @@ def _load_all() -> None:
     from . import pso, tadsr  # noqa: F401
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
+    for optional in ("tta", "difftpt", "tsdiff", "policy", "drive", "planner"):  # being written; imported once present
+        if importlib.util.find_spec(f"{__name__}.{optional}") is not None:
+            importlib.import_module(f"{__name__}.{optional}")
 
 
 _load_all()

@@ -1,0 +1,1 @@
+"""Decision making with diffusion models: gymnasium environments we own, diffusion policies and planners."""

@@ -1,0 +1,1 @@
+"""Time-series forecasting with diffusion models (TSDiff) on GluonTS containers and metrics."""
