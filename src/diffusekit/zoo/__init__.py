@@ -18,6 +18,8 @@ Assets:
   train split, the judge of text-to-image (``recipes_t2i``).
 * ``captions_unet``: text-to-image cross-attention UNet on the 24 x 24 captioned digits with its frozen text encoder
   (a ``TextConditionedDenoiser``; CFG on the null caption via ``methods.text_conditioning``).
+* ``digits_bn_classifier`` / ``digits04_bn_classifier``: BatchNorm CNNs on clean digits (all ten classes / 0-4),
+  the sources of test-time adaptation (``methods.tta``).
 * ``digits_student_2step``: a consistency-distilled student of ``digits_unet`` (``ConsistencyDenoiser``), sampled
   in 2 network calls by multistep consistency sampling (its ``native_sampling``).
 """
@@ -38,7 +40,7 @@ from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "digits_dit",
-          "captions_clip", "captions_judge", "captions_unet")
+          "captions_clip", "captions_judge", "captions_unet", "digits_bn_classifier", "digits04_bn_classifier")
 
 
 class ZooError(ValueError):
@@ -94,6 +96,10 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
         model = DigitsClassifier(**meta["net"])
         model.load_state_dict(state)
         return model.eval()
+    if meta["kind"] == "bn_classifier":  # test-time adaptation sources (recipes_tta)
+        from .recipes_tta import load_bn_classifier
+
+        return load_bn_classifier(state, meta)
     if meta["kind"] == "attribute_classifier" or "text" in meta:  # captions_judge, text-to-image (recipes_t2i)
         from . import recipes_t2i
 

@@ -15,6 +15,7 @@ from ..samplers import sample_ddim
 from ..training.trainer import TrainConfig
 from . import ASSETS_DIR, MODELS, load, write_asset
 from .recipes_clip import CLIP_BUDGETS, build_captions_clip
+from .recipes_tta import TTA_BUDGETS, build_digits04_bn_classifier, build_digits_bn_classifier
 from .recipes_t2i import T2I_QUICK_BUDGET, build_captions_judge, build_captions_unet
 from .recipes import (DIGITS_DIT_NET, DIGITS_DIT_TRAIN, DIGITS_LOSS, DIGITS_NET, DIGITS_SCHEDULE, DIGITS_STUDENT_CD,
                       DIGITS_STUDENT_STEPS,
@@ -164,6 +165,10 @@ BUILDERS.update({"captions_judge": build_captions_judge, "captions_unet": build_
 BUDGETS["quick"].update(T2I_QUICK_BUDGET)
 
 BUILDERS["captions_clip"] = build_captions_clip  # recipes_clip
+BUILDERS.update({"digits_bn_classifier": build_digits_bn_classifier,  # recipes_tta
+                 "digits04_bn_classifier": build_digits04_bn_classifier})
+for _kind, _tta_budget in TTA_BUDGETS.items():
+    BUDGETS[_kind].update(_tta_budget)
 for _kind, _clip_budget in CLIP_BUDGETS.items():
     BUDGETS[_kind].update(_clip_budget)
 
