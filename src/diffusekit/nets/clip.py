@@ -95,9 +95,11 @@ class CLIPModel(nn.Module):
         """L2-normalised image embedding (B, embed_dim): projection of the [CLS] token."""
         return F.normalize(self.image_projection(self._image_tokens(x)[:, 0]), dim=-1)
 
-    def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised caption embedding (B, embed_dim): projection of the text encoder's <eos> state."""
-        return F.normalize(self.text_projection(self.text_encoder(tokens, mask)[1]), dim=-1)
+    def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor, token_embeddings: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """L2-normalised caption embedding (B, embed_dim): projection of the text encoder's <eos> state.
+        ``token_embeddings`` (B, L, width) replace the looked-up word embeddings when given (soft prompts)."""
+        return F.normalize(self.text_projection(self.text_encoder(tokens, mask, token_embeddings)[1]), dim=-1)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The symmetric InfoNCE loss (:func:`clip_loss`) of a batch of matched pairs."""

@@ -142,13 +142,20 @@ class TextEncoder(nn.Module):
         for block in self.blocks:  # GPT-2 style: scale residual projections by 1/sqrt(2 depth)
             nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * depth))
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, token_embeddings: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``token_embeddings`` (B, L, width), optional: used instead of ``token_embedding(tokens)`` (soft prompts,
+        CoOp, Zhou et al. 2022, arXiv 2109.01134); ``tokens`` then only fixes the shape."""
         if tokens.ndim != 2 or mask.shape != tokens.shape:
             raise ValueError(f"tokens and mask must both be (B, L); got {tuple(tokens.shape)} and {tuple(mask.shape)}")
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_len={self.max_len}")
         mask = mask.bool()
-        h = self.token_embedding(tokens) + self.position_embedding[:tokens.shape[1]]
+        if token_embeddings is not None and token_embeddings.shape != (*tokens.shape, self.width):
+            raise ValueError(f"token_embeddings must be (B, L, {self.width}) = tokens' shape + width; "
+                             f"got {tuple(token_embeddings.shape)}")
+        embedded = self.token_embedding(tokens) if token_embeddings is None else token_embeddings
+        h = embedded + self.position_embedding[:tokens.shape[1]]
         for block in self.blocks:
             h = block(h, mask)
         h = self.norm(h) * mask[..., None]
