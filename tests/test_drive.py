@@ -1,0 +1,149 @@
+"""Toy driving scenes, k-means anchors, DiffusionDrive's truncated forward process, loss and decoder."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusekit.domains.control.drive_anchors import cluster_anchors
+from diffusekit.domains.control.drive_diffusion import (
+    closest_anchor, diffusiondrive_loss, drive_schedule, load_diffusiondrive, plan, plan_batch, sigmoid_focal_loss,
+    t_of, train_diffusiondrive, truncated_forward,
+)
+from diffusekit.domains.control.drive_env import (
+    MANEUVERS, MAX_AGENTS, classify_plans, generate_scenes, maneuver_trajectory,
+)
+from diffusekit.domains.control.drive_nets import CascadeDiffusionDecoder, SceneTensors
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate_scenes(300, seed=0)
+
+
+def test_scenes_are_deterministic_under_a_seed():
+    a, b, c = generate_scenes(20, 5), generate_scenes(20, 5), generate_scenes(20, 6)
+    for s, t in zip(a, b):
+        assert s.valid == t.valid and np.array_equal(s.expert, t.expert) and np.array_equal(s.agents, t.agents)
+    assert any(not np.array_equal(s.expert, t.expert) for s, t in zip(a, c))
+
+
+def test_expert_plans_are_valid_and_valid_sets_depend_on_the_scene(scenes):
+    for s in scenes:
+        assert not s.collides(s.expert) and not s.off_road(s.expert)
+        assert s.expert_maneuver in s.valid
+        for m in s.valid:  # every listed manoeuvre is drivable in this scene
+            assert s.is_valid_plan(s.canonical[m])
+        left_lanes = s.n_lanes - 1 - s.ego_lane
+        assert ("left" in s.valid) <= (left_lanes > 0) and ("right" in s.valid) <= (s.ego_lane > 0)
+        assert ("slow" in s.valid) <= (s.lead_speed > 0)
+        if "keep" not in s.valid and s.lead_speed > 0:  # keeping the lane must hit the slow lead car
+            assert s.collides(s.canonical["keep"]) or s.off_road(s.canonical["keep"])
+    valid_sets = {s.valid for s in scenes}
+    assert len(valid_sets) >= 6
+    assert np.mean([len(s.valid) >= 2 for s in scenes]) > 0.5
+    assert {s.expert_maneuver for s in scenes} == set(MANEUVERS)
+
+
+def test_collision_and_off_road_checks_fire(scenes):
+    s = next(s for s in scenes if s.lead_speed > 0 and "keep" not in s.valid)
+    assert s.collides(s.canonical["keep"])
+    leftmost = next(s for s in scenes if s.ego_lane == s.n_lanes - 1)
+    assert leftmost.off_road(maneuver_trajectory("left", leftmost.speed))
+
+
+def test_classify_plans_recovers_each_manoeuvre(scenes):
+    s = scenes[0]
+    plans = np.stack([s.canonical[m] for m in MANEUVERS] + [s.canonical["keep"] + [0.0, 30.0]])
+    assert classify_plans(s, plans).tolist() == [0, 1, 2, 3, -1]
+
+
+def test_gym_env_reset_step_render():
+    from diffusekit.domains.control.drive_env import DriveEnv
+
+    env = DriveEnv()
+    obs, info = env.reset(seed=3)
+    obs2, info2 = DriveEnv().reset(seed=3)
+    assert np.array_equal(obs, obs2) and env.observation_space.contains(obs)
+    scene = info["scene"]
+    _, reward, terminated, truncated, step_info = env.step(scene.expert.astype(np.float32))
+    assert terminated and not truncated and not step_info["collision"] and reward > 0.5
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+
+
+def test_cluster_anchors_recovers_planted_clusters_deterministically():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (5, 8, 2))
+    data = np.concatenate([c + rng.normal(0, 0.1, (40, 8, 2)) for c in centres])
+    rng.shuffle(data)
+    anchors = cluster_anchors(data, 5, seed=1)
+    assert anchors.shape == (5, 8, 2)
+    dist = np.linalg.norm(anchors[:, None] - centres[None], axis=-1).mean(-1)  # (5, 5)
+    assert sorted(dist.argmin(1).tolist()) == list(range(5)) and dist.min(1).max() < 0.1
+    assert np.array_equal(anchors, cluster_anchors(data, 5, seed=1))
+    with pytest.raises(ValueError):
+        cluster_anchors(data[:3], 5)
+
+
+def test_truncated_forward_is_the_anchor_at_t0_and_matches_the_schedule():
+    sched = drive_schedule()
+    anchors = torch.rand(20, 8, 2, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(4000, 20, 8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0 = truncated_forward(anchors, torch.zeros(4000, dtype=torch.float64), eps[:, :, :, :], sched)
+    assert torch.equal(x0, anchors.expand_as(x0))
+    betas = torch.linspace(1e-4**0.5, 0.02**0.5, 1000, dtype=torch.float64) ** 2
+    for n in (8, 49):
+        abar = torch.cumprod(1 - betas, 0)[n]
+        x = truncated_forward(anchors, t_of(sched, torch.full((4000,), n)), eps, sched)
+        resid = x - abar.sqrt() * anchors
+        assert torch.allclose(resid, (1 - abar).sqrt() * eps, atol=1e-12)  # exactly the noised anchor
+        assert abs(resid.std().item() / (1 - abar).sqrt().item() - 1) < 0.01
+    assert 0.02 < (1 - torch.cumprod(1 - betas, 0)[8]).sqrt() < 0.04  # "truncated": tiny noise at t = 8
+
+
+def test_focal_loss_and_closest_anchor():
+    z, y = torch.tensor([3.0, -3.0, 0.0]), torch.tensor([1.0, 0.0, 1.0])
+    fl = sigmoid_focal_loss(z, y)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+    assert torch.all(fl < ce) and torch.allclose(fl[2], 0.25 * 0.5**2 * ce[2])
+    anchors = torch.stack([torch.zeros(8, 2), torch.ones(8, 2), 5 * torch.ones(8, 2)])
+    assert closest_anchor(anchors, torch.stack([0.9 * torch.ones(8, 2), 4 * torch.ones(8, 2)])).tolist() == [1, 2]
+
+
+def test_decoder_shapes_and_padding_mask(scenes):
+    torch.manual_seed(0)
+    net = CascadeDiffusionDecoder(d=32, heads=4, layers=2).eval()
+    sub = scenes[:6]
+    scene = SceneTensors.from_scenes(sub)
+    points = torch.randn(6, 20, 8, 2)
+    trajs, logits = net(points, torch.full((6,), 10.0), scene)
+    assert len(trajs) == 2 and trajs[0].shape == (6, 20, 8, 2) and logits[1].shape == (6, 20)
+    # padded agent slots are ignored: changing their (masked) features changes nothing
+    changed = scene._replace(agents=torch.where(scene.agent_mask[..., None] > 0, scene.agents, 99.0))
+    assert (scene.agent_mask < 1).any() and scene.agents.shape[1] == MAX_AGENTS
+    trajs2, logits2 = net(points, torch.full((6,), 10.0), changed)
+    assert torch.allclose(trajs[-1], trajs2[-1], atol=1e-5) and torch.allclose(logits[-1], logits2[-1], atol=1e-5)
+    # a real agent does matter
+    moved = scene._replace(agents=scene.agents + 0.5 * scene.agent_mask[..., None])
+    assert not torch.allclose(net(points, torch.full((6,), 10.0), moved)[0][-1], trajs[-1], atol=1e-4)
+    # the loss is per example and finite
+    loss = diffusiondrive_loss(trajs, logits, torch.randn(6, 8, 2), torch.zeros(6, dtype=torch.long))
+    assert loss.shape == (6,) and torch.isfinite(loss).all()
+
+
+def test_train_plan_load_round_trip_and_two_network_calls(scenes):
+    model = train_diffusiondrive(scenes[:100], steps=3, seed=0, k=6, batch_size=8, d=32)
+    again = train_diffusiondrive(scenes[:100], steps=3, seed=0, k=6, batch_size=8, d=32)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    trajs, scores = plan(model, scenes[0], torch.Generator().manual_seed(0))
+    assert trajs.shape == (6, 8, 2) and scores.shape == (6,) and np.all((scores >= 0) & (scores <= 1))
+    loaded = load_diffusiondrive(model.state_dict(), model.config)
+    trajs2, _ = plan(loaded, scenes[0], torch.Generator().manual_seed(0))
+    assert np.array_equal(trajs, trajs2)
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda *a: calls.append(1))
+    plan_batch(model, SceneTensors.from_scenes(scenes[:3]), torch.Generator().manual_seed(0))
+    hook.remove()
+    assert len(calls) == 2
