@@ -12,7 +12,7 @@ from diffusekit.domains.control.drive_diffusion import (
 from diffusekit.domains.control.drive_env import (
     MANEUVERS, MAX_AGENTS, classify_plans, generate_scenes, maneuver_trajectory,
 )
-from diffusekit.domains.control.drive_nets import CascadeDiffusionDecoder, SceneTensors
+from diffusekit.domains.control.drive_nets import CascadeDiffusionDecoder, SceneTensors, normalise
 
 torch.set_num_threads(1)
 
@@ -144,9 +144,26 @@ def test_train_plan_load_round_trip_and_two_network_calls(scenes):
     assert np.array_equal(trajs, trajs2)
     calls = []
     hook = model.decoder.register_forward_hook(lambda *a: calls.append(1))
-    plan_batch(model, SceneTensors.from_scenes(scenes[:3]), torch.Generator().manual_seed(0))
+    trace = []
+    out, _ = plan_batch(model, SceneTensors.from_scenes(scenes[:3]), torch.Generator().manual_seed(0), trace=trace)
     hook.remove()
     assert len(calls) == 2
+    assert len(trace) == 3 and torch.equal(trace[-1][1], out) and trace[0][2] is None
+    # the noised start is within a few sigma_8 (about 0.03 in normalised units) of the anchors
+    start_norm = normalise(trace[0][1], model.lo, model.hi)
+    anchors_norm = normalise(model.anchors, model.lo, model.hi)
+    assert (start_norm - anchors_norm).abs().max() < 0.2
+
+
+def test_denoising_frames_make_a_gif(scenes, tmp_path):
+    from diffusekit.domains.control.drive_eval import denoising_frames
+    from diffusekit.plotting import save_gif
+
+    model = train_diffusiondrive(scenes[:60], steps=1, seed=0, k=4, batch_size=4, d=16)
+    frames = denoising_frames(model, scenes[:1], torch.Generator().manual_seed(0))
+    assert len(frames) == 3 and frames[0].dtype == np.uint8
+    save_gif(frames, tmp_path / "drive.gif", fps=1)
+    assert (tmp_path / "drive.gif").stat().st_size > 0
 
 
 class _OraclePlanner:

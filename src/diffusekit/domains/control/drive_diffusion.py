@@ -167,20 +167,25 @@ def train_diffusiondrive(scenes, *, steps: int = 2000, seed: int = 0, progress: 
 
 
 def plan_batch(model: DiffusionDrive, scene: SceneTensors, generator: torch.Generator | None = None,
-               *, steps: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+               *, steps: int = 2, trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Truncated 2-step inference for a batch of scenes -> trajectories (B, K, T, 2) metres, scores (B, K).
 
     x = alpha_8 a + sigma_8 eps (anchors noised to timestep 8), then DDIM (eta = 0, x0 prediction) at the
     official timesteps round(i 20/steps) for i = steps-1..0 ([10, 0] for 2 steps), each stepping to the
     previous integer timestep (diffusers' ``set_timesteps(1000)``) and the last one to clean data. Scores are
-    sigmoid(logits) of the final call (the paper picks the argmax). NFE = ``steps``.
+    sigmoid(logits) of the final call (the paper picks the argmax). NFE = ``steps``. ``trace``, if a list,
+    receives (label, trajectories in metres (B, K, T, 2), scores or None) after the noising and after each step.
     """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
     sched = model.schedule
     b, k = scene.ego.shape[0], model.config["k"]
     anchors = normalise(model.anchors, model.lo, model.hi)
     eps = torch.randn(b, k, HORIZON, 2, generator=generator)
     x = truncated_forward(anchors, t_of(sched, torch.full((b,), INFERENCE_NOISE_STEP)), eps, sched)
     last = {}
+    if trace is not None:
+        trace.append((f"anchors noised to t={INFERENCE_NOISE_STEP}", denormalise(x.float(), model.lo, model.hi), None))
 
     def x0_hat(x_t, t, **_):
         n = sched.timestep_of_t(t).round()
@@ -194,6 +199,9 @@ def plan_batch(model: DiffusionDrive, scene: SceneTensors, generator: torch.Gene
         for n in timesteps:
             grid = torch.stack([t_of(sched, n), t_of(sched, n - 1) if n > 0 else torch.zeros((), dtype=torch.float64)])
             x = sample_ddim(denoiser, x, grid)
+            if trace is not None:
+                label = f"DDIM step at t={n}" + (" (x0 prediction)" if n == 0 else "")
+                trace.append((label, denormalise(x.float(), model.lo, model.hi), torch.sigmoid(last["logits"])))
     return denormalise(x.float(), model.lo, model.hi), torch.sigmoid(last["logits"])
 
 

@@ -114,3 +114,33 @@ def evaluate_drive(model_or_planner, n_scenes: int = 200, seed: int = 1, *, batc
     out.update(nfe=int(planner.nfe), ms_per_plan=1000 * seconds / len(scenes), n_scenes=len(scenes),
                plans_per_scene=int(trajs.shape[1]))
     return out
+
+
+def denoising_frames(model: DiffusionDrive, scenes, generator=None) -> list[np.ndarray]:
+    """RGB frames (for ``plotting.save_gif``) of DiffusionDrive's truncated inference on each scene: the K
+    anchors noised to t = 8, then the plans after each of the 2 DDIM steps (opacity = score, black = chosen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ...plotting import figure_to_rgb
+    from .drive_diffusion import plan_batch
+    from .drive_env import render_scene
+
+    frames = []
+    for scene in scenes:
+        trace: list = []
+        plan_batch(model, SceneTensors.from_scenes([scene]), generator, trace=trace)
+        for label, trajs, scores in trace:
+            fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+            sc = None if scores is None else {"DiffusionDrive": scores[0].numpy()}
+            render_scene(scene, {"DiffusionDrive": trajs[0].numpy()}, ax=ax, scores=sc,
+                         title=f"{label}; valid: {', '.join(scene.valid)}")
+            if scores is not None:
+                chosen = trajs[0, int(scores[0].argmax())].numpy()
+                ax.plot(chosen[:, 0], chosen[:, 1], color="black", lw=2.5, alpha=0.6, zorder=6)
+            fig.tight_layout()
+            frames.append(figure_to_rgb(fig))
+            plt.close(fig)
+    return frames
