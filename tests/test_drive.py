@@ -66,11 +66,15 @@ def test_gym_env_reset_step_render():
     obs, info = env.reset(seed=3)
     obs2, info2 = DriveEnv().reset(seed=3)
     assert np.array_equal(obs, obs2) and env.observation_space.contains(obs)
-    scene = info["scene"]
+    scene = env.scene
+    assert info["valid"] == scene.valid and np.array_equal(info["expert"], scene.expert)
     _, reward, terminated, truncated, step_info = env.step(scene.expert.astype(np.float32))
     assert terminated and not truncated and not step_info["collision"] and reward > 0.5
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(DriveEnv(), skip_render_check=False)
 
 
 def test_cluster_anchors_recovers_planted_clusters_deterministically():

@@ -283,7 +283,8 @@ def _gym_env_class():
     class DriveEnv(gym.Env):
         """One-step planning episodes on the toy scenes (gymnasium API).
 
-        Observation: the float32 scene vector ``Scene.to_vector()`` (``info["scene"]`` holds the Scene).
+        Observation: the float32 scene vector ``Scene.to_vector()``; ``env.scene`` is the Scene, and the
+        reset info holds its valid manoeuvres and expert plan.
         Action: an (8, 2) plan in metres. Reward: 1[collision-free and on road] - min_m ADE(plan, m)/10 over
         the valid manoeuvres m. Each episode is one step (terminated=True). ``render()`` returns (H, W, 3) uint8.
         """
@@ -291,7 +292,7 @@ def _gym_env_class():
         metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
         def __init__(self, render_mode: str | None = "rgb_array"):
-            self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)
+            self.observation_space = spaces.Box(-10.0, 10.0, (obs_size,), np.float32)  # features are O(1)
             self.action_space = spaces.Box(-100.0, 100.0, (HORIZON, 2), np.float32)
             self.render_mode = render_mode
             self.scene: Scene | None = None
@@ -301,7 +302,7 @@ def _gym_env_class():
             super().reset(seed=seed)
             self.scene = make_scene(self.np_random)
             self._last_plan = None
-            return self.scene.to_vector(), {"scene": self.scene, "valid": self.scene.valid}
+            return self.scene.to_vector(), {"valid": self.scene.valid, "expert": self.scene.expert.copy()}
 
         def step(self, action):
             if self.scene is None:
@@ -311,7 +312,7 @@ def _gym_env_class():
             ade = min(float(np.linalg.norm(plan - self.scene.canonical[m], axis=-1).mean()) for m in self.scene.valid)
             reward = float(not (collision or off)) - ade / 10
             self._last_plan = plan
-            info = {"collision": collision, "off_road": off, "ade_to_valid": ade, "scene": self.scene}
+            info = {"collision": collision, "off_road": off, "ade_to_valid": ade}
             return self.scene.to_vector(), reward, True, False, info
 
         def render(self):
