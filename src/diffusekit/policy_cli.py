@@ -1,6 +1,6 @@
 """``diffusekit policy``: train and evaluate action-chunk policies on the control environments we own.
 
-    diffusekit policy train --env point --method diffusion|mode|mse --out DIR [--demos 100] [--steps 2000]
+    diffusekit policy train --env point|push --method diffusion|mode|mse --out DIR [--demos 100] [--steps 2000]
                             [--seed 0] [--overwrite] [--no-progress]
     diffusekit policy eval  --policy DIR [--env point] [--method NAME] [--episodes 100] [--seed 0]
                             [--sampler ddpm|ddim|...] [--sample-steps N] [--no-cache] [--gif ep.gif]
@@ -24,14 +24,15 @@ from .errors import UserError, user_input
 HELP = "train / evaluate diffusion policies (Diffusion Policy, MoDE, MSE) on our control environments"
 
 ENV_ALIASES = {"point": "diffusekit/PointMassBimodal-v0", "pointmass": "diffusekit/PointMassBimodal-v0",
-               "PointMassBimodal": "diffusekit/PointMassBimodal-v0"}
+               "PointMassBimodal": "diffusekit/PointMassBimodal-v0", "push": "diffusekit/PushBlock-v0",
+               "PushBlock": "diffusekit/PushBlock-v0"}
 
 
 def add_arguments(parser) -> None:
     """The ``policy train`` and ``policy eval`` sub-commands and their flags."""
     sub = parser.add_subparsers(dest="policy_command", required=True)
     tr = sub.add_parser("train", help="fit a policy on scripted demonstrations")
-    tr.add_argument("--env", default="point", help="environment: a gymnasium id or alias (point)")
+    tr.add_argument("--env", default="point", help="environment: a gymnasium id or alias (point, push)")
     tr.add_argument("--method", required=True, help="policy method (mse, diffusion, mode)")
     tr.add_argument("--out", required=True, help="checkpoint folder to write (model.safetensors, config.json)")
     tr.add_argument("--demos", type=int, default=100, help="number of scripted demonstration episodes")
@@ -106,7 +107,7 @@ def _eval(args) -> int:
     import numpy as np
 
     from .domains.control.registry import evaluate, get_policy_method, load_policy
-    from .domains.control.rollout import episode_frames
+    from .domains.control.rollout import record_episode
     from .io import atomic_write_json, check_output_file
 
     folder = Path(args.policy)
@@ -140,7 +141,6 @@ def _eval(args) -> int:
             if not hasattr(policy, "cache_experts"):
                 raise UserError("--no-cache applies to the mode method only")
             policy.cache_experts = False
-    get_policy_method(policy.method)
     seeds = range(args.seed, args.seed + args.episodes)
     summary, results = evaluate(policy, env_id, seeds, progress=_progress(args))
     print(f"{policy.method} on {env_id}: success {summary['success_rate']:.2f}, collisions "
@@ -149,7 +149,10 @@ def _eval(args) -> int:
     if args.gif is not None:
         from .plotting import save_gif
 
-        save_gif(episode_frames(results[0].path), args.gif, fps=10)
+        act = get_policy_method(policy.method).act
+        frames, _ = record_episode(lambda w, g: act(policy, w, g), env_id, results[0].seed, n_obs=policy.n_obs,
+                                   n_action=policy.n_action)
+        save_gif(frames, args.gif, fps=10)
         print(f"episode {results[0].seed} -> {args.gif}")
     if args.json is not None:
         episodes = [{"seed": r.seed, "success": r.success, "collision": r.collision, "steps": r.steps,

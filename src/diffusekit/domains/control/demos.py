@@ -1,8 +1,8 @@
 """Scripted demonstrators and the offline datasets of action chunks they give (Diffusion Policy's data layout).
 
-A demonstrator is ``demonstrator(obs, rng, state) -> action``; ``collect_demos`` runs it for N episodes from
-one seed. ``chunk_dataset`` turns episodes into training pairs as Chi et al. do (Diffusion Policy, RSS 2023,
-arXiv 2303.04137, Sec. 3.1 and their ``SequenceSampler``): for every time step t of every episode,
+A demonstrator is ``demonstrator(rng) -> act`` with ``act(obs) -> action``; ``collect_demos`` runs it for N
+episodes from one seed. ``chunk_dataset`` turns episodes into training pairs as Chi et al. do (Diffusion Policy,
+RSS 2023, arXiv 2303.04137, Sec. 3.1 and their ``SequenceSampler``): for every time step t of every episode,
 
     observation window  O_t = (o_{t-n_obs+1}, ..., o_t)                         (n_obs, obs_dim)
     action chunk        A_t = (a_{t-n_obs+1}, ..., a_{t-n_obs+horizon})         (horizon, act_dim)
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from . import envs_point
+from . import envs_point, envs_pusht
 
 __all__ = ["Episode", "point_mass_demonstrator", "collect_demos", "chunk_dataset", "DEMONSTRATORS", "make_env"]
 
@@ -44,13 +44,14 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
 def point_mass_demonstrator(rng: np.random.Generator, noise: float = 0.1) -> Callable:
     """A scripted expert for ``PointMassBimodal``: it picks a side s in {-1, +1} with probability 1/2, heads at
     full speed for the via-point (0.6 s, 0.05 u) (u ~ U[-1, 1]) beside the obstacle, then for the goal; each
-    action gets N(0, noise^2) jitter and is clipped to [-1, 1]. Returns ``act(position) -> action`` with the
+    action gets N(0, noise^2) jitter and is clipped to [-1, 1]. Returns ``act(obs) -> action`` with the
     chosen side in ``act.mode``."""
     side = 1.0 if rng.random() < 0.5 else -1.0
     via = np.array([0.6 * side, 0.05 * rng.uniform(-1, 1)])
     state = {"phase": 0}
 
-    def act(position: np.ndarray) -> np.ndarray:
+    def act(obs: np.ndarray) -> np.ndarray:
+        position = np.asarray(obs, dtype=np.float64)
         target = via if state["phase"] == 0 else envs_point.GOAL_CENTER
         delta = target - position
         if state["phase"] == 0 and np.linalg.norm(delta) < 0.1:
@@ -63,7 +64,8 @@ def point_mass_demonstrator(rng: np.random.Generator, noise: float = 0.1) -> Cal
     return act
 
 
-DEMONSTRATORS: dict[str, Callable] = {envs_point.POINT_ENV_ID: point_mass_demonstrator}
+DEMONSTRATORS: dict[str, Callable] = {envs_point.POINT_ENV_ID: point_mass_demonstrator,
+                                      envs_pusht.PUSH_ENV_ID: envs_pusht.push_demonstrator}
 
 
 def collect_demos(env_id: str, num_episodes: int, seed: int = 0) -> list[Episode]:
@@ -83,7 +85,7 @@ def collect_demos(env_id: str, num_episodes: int, seed: int = 0) -> list[Episode
         observations, actions = [obs], []
         done = False
         while not done:
-            a = act(np.asarray(env.unwrapped.position))
+            a = act(obs)
             obs, _, terminated, truncated, info = env.step(a)
             observations.append(obs)
             actions.append(a.astype(np.float32))

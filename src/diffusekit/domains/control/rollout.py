@@ -19,7 +19,7 @@ import torch
 from . import envs_point
 from .demos import make_env
 
-__all__ = ["EpisodeResult", "rollout", "summarise", "route_of_path", "episode_frames"]
+__all__ = ["EpisodeResult", "rollout", "summarise", "route_of_path", "episode_frames", "record_episode"]
 
 
 @dataclass
@@ -46,8 +46,9 @@ def route_of_path(path: np.ndarray) -> str:
 
 
 def rollout(act: Callable, env_id: str, seeds, *, n_obs: int = 2, n_action: int = 8,
-            progress: bool = False) -> list[EpisodeResult]:
-    """Run one episode per seed with receding-horizon control (see the module docstring)."""
+            progress: bool = False, frames: list | None = None) -> list[EpisodeResult]:
+    """Run one episode per seed with receding-horizon control (see the module docstring). With a list
+    ``frames``, the first episode's rendered frames (reset and every step) are appended to it."""
     from tqdm import tqdm
 
     seeds = [int(s) for s in seeds]
@@ -57,6 +58,8 @@ def rollout(act: Callable, env_id: str, seeds, *, n_obs: int = 2, n_action: int 
     for env, s in zip(envs, seeds):
         obs, _ = env.reset(seed=s)
         history.append([obs] * n_obs)
+    if frames is not None:
+        frames.append(envs[0].render(mode="rgb_array"))
     done = [False] * len(seeds)
     infos = [{"success": False, "collision": False} for _ in seeds]
     calls = [0] * len(seeds)
@@ -72,6 +75,8 @@ def rollout(act: Callable, env_id: str, seeds, *, n_obs: int = 2, n_action: int 
                 obs, _, terminated, truncated, info = envs[i].step(a)
                 history[i].append(obs)
                 steps[i] += 1
+                if frames is not None and i == 0:
+                    frames.append(envs[0].render(mode="rgb_array"))
                 if terminated or truncated:
                     done[i], infos[i] = True, info
                     bar.update(1)
@@ -80,8 +85,9 @@ def rollout(act: Callable, env_id: str, seeds, *, n_obs: int = 2, n_action: int 
     results = []
     for i, s in enumerate(seeds):
         path = np.array(envs[i].path)
+        route = route_of_path(path) if env_id == envs_point.POINT_ENV_ID else "none"
         results.append(EpisodeResult(s, bool(infos[i]["success"]), bool(infos[i]["collision"]), steps[i],
-                                     route_of_path(path), path, calls[i]))
+                                     route, path, calls[i]))
     return results
 
 
@@ -102,3 +108,11 @@ def episode_frames(path: np.ndarray, size: int = 128) -> list[np.ndarray]:
     """One RGB frame per step of a point-mass path (the path so far, the mass at its end)."""
     path = np.asarray(path).reshape(-1, 2)
     return [envs_point.raster_scene(path[: k + 1], size) for k in range(len(path))]
+
+
+def record_episode(act: Callable, env_id: str, seed: int, *, n_obs: int = 2, n_action: int = 8):
+    """(frames, result) of one episode run alone; the same as that seed's episode inside any batched
+    ``rollout``, since each episode's noise comes from its own generator."""
+    frames: list = []
+    result = rollout(act, env_id, [seed], n_obs=n_obs, n_action=n_action, frames=frames)[0]
+    return frames, result
