@@ -77,8 +77,11 @@ def load_classifier(spec: str):
             model = zoo.load(names[0], assets_dir=folder)
         except (zoo.ZooError, KeyError, RuntimeError) as err:
             raise UserError(f"--classifier {spec}: cannot load {names[0]} ({err})") from None
-    if not hasattr(model, "num_classes") or not callable(model):
-        raise UserError(f"--classifier {spec} is not an image classifier; use one of "
+    import torch
+
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "num_classes")
+            and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+        raise UserError(f"--classifier {spec} is not an image classifier with BatchNorm layers; use one of "
                         + ", ".join(f"zoo:{n}" for n in BN_CLASSIFIERS))
     return model
 
