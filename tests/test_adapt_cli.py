@@ -67,6 +67,13 @@ def test_adapt_continual_cycle(tmp_path, capsys):
      "needs 10"),
     (["--method", "tent", "--shift", "contrast", "--severity", "2", "--unknown-fraction", "1.5"],
      "--unknown-fraction must be in [0, 1)"),
+    (["--method", "tent", "--shift", "contrast", "--severity", "2", "--limit", "0"], "--limit must be >= 1"),
+    (["--method", "tent", "--shift", "contrast", "--severity", "2", "--classifier", "zoo:captions_clip"],
+     "zoo:captions_clip is the classifier of --method difftpt only"),
+    (["--method", "difftpt", "--shift", "contrast", "--severity", "2", "--stream", "open-set"],
+     "use --stream single or sorted"),
+    (["--method", "difftpt", "--shift", "contrast", "--severity", "2", "--classifier", "zoo:digits_bn_classifier"],
+     "tunes the prompt of zoo:captions_clip"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, extra, match):
     out = tmp_path / "r.json"
@@ -80,3 +87,16 @@ def test_missing_method_module_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(registry.METHODS, "tent", ("no_such_module", "build", "pretend TENT is not written"))
     assert "not available yet" in _error(capsys, ["adapt", "--method", "tent", "--shift", "contrast", "--severity",
                                                   "2", "--no-progress"])
+
+
+def test_difftpt_runs_on_the_captioned_digits(tmp_path, capsys):
+    from diffusekit.methods.tta.registry import method_status
+
+    reason = method_status("difftpt")
+    if reason is not None:
+        pytest.skip(reason)
+    out = tmp_path / "d.json"
+    assert main(["adapt", "--method", "difftpt", "--shift", "gaussian_noise", "--severity", "3", "--limit", "2",
+                 "--batch-size", "2", "--quick", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["classifier"] == "zoo:captions_clip" and result["images"] == 2 and result["limit"] == 2

@@ -93,6 +93,15 @@ def test_open_set_stream_has_the_requested_unknown_fraction(fraction):
         assert 0 < int((~known[:half]).sum()) < unknown
 
 
+def test_single_stream_on_other_images():
+    x = torch.linspace(-1, 1, 5 * 3 * 24 * 24).reshape(5, 3, 24, 24)
+    y = torch.tensor([3, 1, 4, 1, 5])
+    stream = single_stream("gaussian_noise", 2, batch_size=2, data=(x, y), seed=0)
+    assert stream.x.shape == x.shape and sorted(stream.y.tolist()) == sorted(y.tolist()) and len(stream) == 3
+    with pytest.raises(ValueError, match="data must be images"):
+        single_stream("gaussian_noise", 2, data=(x[0], y))
+
+
 def test_with_batch_size_keeps_the_order():
     stream = single_stream("pixelate", 1, batch_size=64, seed=0)
     ones = stream.with_batch_size(1)

@@ -2,8 +2,8 @@
 
     diffusekit adapt --method {source,tent,tent+filter,petal,dda,sda,difftpt} --shift NAME --severity K
                      [--classifier DIR|zoo:NAME] [--stream single|continual|sorted|open-set] [--batch-size B]
-                     [--repeats R] [--cycles C] [--unknown-fraction F] [--out results.json] [--seed S] [--quick]
-                     [--overwrite] [--no-progress]
+                     [--repeats R] [--cycles C] [--unknown-fraction F] [--limit N] [--out results.json] [--seed S]
+                     [--quick] [--overwrite] [--no-progress]
 
 The stream (``diffusekit.data.shift_streams``) is the digits test split under corruption ``--shift`` at severity
 ``--severity``: ``single`` (i.i.d. order), ``sorted`` (class-sorted, non-i.i.d.), ``continual`` (``--shift`` a
@@ -14,7 +14,10 @@ the running error, one summary line ends the run, and ``--out`` gets the per-bat
 (``StreamResult.to_json()`` plus the settings). The classifier is ``zoo:digits_bn_classifier`` by default
 (``zoo:digits04_bn_classifier`` for open-set), or a folder holding a zoo-format BatchNorm classifier
 (``NAME.json`` + ``NAME.safetensors``, as ``diffusekit zoo build --only NAME --assets-dir DIR`` writes).
-Every input mistake ends in one ``error:`` line before the method is built.
+``--method difftpt`` runs on the captioned RGB digits (3 x 24 x 24, ``methods.tta.difftpt.test_data``) with
+``zoo:captions_clip`` (its only classifier), single or sorted streams; it tunes a prompt per image (about a second
+each on one CPU thread), so ``--limit`` is worth using. Every input mistake ends in one ``error:`` line before the
+method is built.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-HELP = "test-time adaptation of a classifier over a shift stream (TENT, open-set filter, PETAL, DDA, SDA)"
+HELP = "test-time adaptation of a classifier over a shift stream (TENT, open-set filter, PETAL, DDA, SDA, DiffTPT)"
 STREAMS = ("single", "sorted", "continual", "open-set")
 BN_CLASSIFIERS = ("digits_bn_classifier", "digits04_bn_classifier")
 
@@ -45,6 +48,8 @@ def add_arguments(p) -> None:
                    "corruption draw (single, sorted, open-set)")
     p.add_argument("--cycles", type=int, default=10, help="cycles of the continual stream")
     p.add_argument("--unknown-fraction", type=float, default=0.5, help="share of unknowns in the open-set stream")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images of the stream (for the "
+                   "per-image methods DDA, SDA, DiffTPT)")
     p.add_argument("--quick", action="store_true", help="the method's quick preparation (e.g. SDA's fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and of the method")
     p.add_argument("--out", default=None, help="write per-batch results here as JSON")
@@ -93,9 +98,13 @@ def _check_args(args):
 
     if args.method not in METHODS:
         raise UserError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
-    if args.method == "difftpt":
-        raise UserError("--method difftpt runs on the captioned RGB digits with zoo:captions_clip; it is not wired "
-                        "into `diffusekit adapt` (use bench difftpt)")
+    if args.method == "difftpt" and args.stream not in ("single", "sorted"):
+        raise UserError(f"--method difftpt adapts each image on its own (episodic): use --stream single or sorted, "
+                        f"not {args.stream}")
+    if args.method != "difftpt" and args.classifier == "zoo:captions_clip":
+        raise UserError("zoo:captions_clip is the classifier of --method difftpt only")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1; got {args.limit}")
     try:
         check_severity(args.severity)
         check_batch_size(args.batch_size)
@@ -118,6 +127,11 @@ def _check_args(args):
     reason = method_status(args.method)
     if reason is not None:
         raise UserError(reason)
+    if args.method == "difftpt":
+        if args.classifier not in (None, "zoo:captions_clip"):
+            raise UserError("--method difftpt tunes the prompt of zoo:captions_clip; got --classifier "
+                            f"{args.classifier}")
+        return shifts, "zoo:captions_clip"
     spec = args.classifier or ("zoo:digits04_bn_classifier" if args.stream == "open-set" else
                                "zoo:digits_bn_classifier")
     return shifts, spec
@@ -127,6 +141,12 @@ def build_stream(args, shifts: list[str]):
     """The stream the flags describe (already validated)."""
     from .data import shift_streams as ss
 
+    if args.method == "difftpt":  # the captioned RGB digits (3 x 24 x 24) of the zoo's captions_clip
+        from .methods.tta.difftpt import test_data
+
+        return ss.single_stream(shifts[0], args.severity, batch_size=args.batch_size,
+                                order="sorted" if args.stream == "sorted" else "iid", repeats=args.repeats,
+                                n=args.limit, seed=args.seed, data=test_data("test"))
     if args.stream == "continual":
         return ss.continual_stream(shifts, args.severity, cycles=args.cycles, batch_size=args.batch_size,
                                    seed=args.seed)
@@ -136,6 +156,14 @@ def build_stream(args, shifts: list[str]):
     return ss.single_stream(shifts[0], args.severity, batch_size=args.batch_size,
                             order="sorted" if args.stream == "sorted" else "iid", repeats=args.repeats,
                             seed=args.seed)
+
+
+def ss_limit(stream, limit: int):
+    """The first ``limit`` samples of ``stream``."""
+    from .data.shift_streams import ShiftStream
+
+    return ShiftStream(stream.x[:limit], stream.y[:limit], stream.domains[:limit], stream.batch_size,
+                       {**stream.info, "limit": limit})
 
 
 def run(args) -> int:
@@ -150,13 +178,20 @@ def run(args) -> int:
     shifts, spec = _check_args(args)
     if args.out is not None:
         check_output_file(args.out, overwrite=args.overwrite)
-    classifier = load_classifier(spec)
+    if args.method == "difftpt":
+        from . import zoo
+
+        classifier = zoo.load("captions_clip")
+    else:
+        classifier = load_classifier(spec)
     want = 5 if args.stream == "open-set" else 10
-    if classifier.num_classes != want:
+    if args.method != "difftpt" and classifier.num_classes != want:
         raise UserError(f"--classifier {spec} has {classifier.num_classes} classes but the {args.stream} stream needs "
                         f"{want} (" + ("digits 0-4: zoo:digits04_bn_classifier" if want == 5 else
                                        "all ten digits: zoo:digits_bn_classifier") + ")")
     stream = build_stream(args, shifts)
+    if args.limit is not None and args.limit < stream.x.shape[0]:
+        stream = ss_limit(stream, args.limit)
     adapter = build_method(args.method, classifier, quick=args.quick, seed=args.seed)
     show = not args.no_progress and sys.stderr.isatty()
     bar = tqdm(total=len(stream), desc=f"adapt {args.method}", unit="batch", file=sys.stderr, disable=not show,
@@ -174,7 +209,8 @@ def run(args) -> int:
                     "severity": args.severity, "batch_size": args.batch_size, "repeats": args.repeats,
                     "cycles": args.cycles if args.stream == "continual" else None,
                     "unknown_fraction": args.unknown_fraction if args.stream == "open-set" else None,
-                    "seed": args.seed, "quick": args.quick, "torch_threads": torch.get_num_threads()}
+                    "limit": args.limit, "seed": args.seed, "quick": args.quick,
+                    "torch_threads": torch.get_num_threads()}
         rows = result.to_json()
         domains = stream.batch_domains()
         for row in rows["batches"]:

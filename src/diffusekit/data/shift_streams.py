@@ -117,11 +117,14 @@ def _sorted_order(y: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def single_stream(corruption: str, severity: int, *, batch_size: int = 64, order: str = "iid", repeats: int = 1,
-                  n: int | None = None, seed: int = 0) -> ShiftStream:
+                  n: int | None = None, seed: int = 0,
+                  data: tuple[torch.Tensor, torch.Tensor] | None = None) -> ShiftStream:
     """The digits test split under one corruption at one severity, ``repeats`` passes, in ``order``.
 
     ``order="iid"``: each pass shuffled; ``order="sorted"``: all passes pooled and sorted by label (class-sorted,
     non-i.i.d.: a batch holds one or two classes). ``n``: keep only the first ``n`` images of the stream.
+    ``data``: other labelled images (N, C, H, W) in [-1, 1] instead of the digits test split (e.g. the captioned RGB
+    digits of DiffTPT); the corruptions scale their spatial parameters with the image side.
     """
     check_corruption(corruption)
     severity = check_severity(severity)
@@ -129,7 +132,13 @@ def single_stream(corruption: str, severity: int, *, batch_size: int = 64, order
     repeats = _positive("repeats", repeats)
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; available: {', '.join(ORDERS)}")
-    x0, y0 = _test_digits()
+    if data is None:
+        x0, y0 = _test_digits()
+    else:
+        x0, y0 = data
+        if x0.ndim != 4 or y0.shape != x0.shape[:1]:
+            raise ValueError(f"data must be images (N, C, H, W) and labels (N,), got {tuple(x0.shape)} and "
+                             f"{tuple(y0.shape)}")
     rng = np.random.default_rng([int(seed), 11])
     xs, ys = [], []
     for r in range(repeats):
@@ -146,7 +155,7 @@ def single_stream(corruption: str, severity: int, *, batch_size: int = 64, order
     name = f"{corruption}-{severity}"
     return ShiftStream(x, y, [name] * len(y), batch_size,
                        {"kind": "single", "corruption": corruption, "severity": severity, "order": order,
-                        "repeats": repeats, "seed": int(seed)})
+                        "repeats": repeats, "seed": int(seed), "data": "digits" if data is None else "custom"})
 
 
 def continual_stream(corruptions: Sequence[str] = CONTINUAL_CYCLE, severity: int = 5, *, cycles: int = 10,
