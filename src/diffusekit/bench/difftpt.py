@@ -120,12 +120,14 @@ def _run(quick: bool):
         + f" | s/img tpt {np.mean([table[k]['tpt']['seconds_per_image'] for k in table]):.3f}, difftpt "
           f"{np.mean([table[k]['difftpt']['seconds_per_image'] for k in table]):.3f}")
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4), gridspec_kw={"width_ratios": [2.2, 1.4, 1.2]})
+    fig = plt.figure(figsize=(15, 8.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.5, 1], width_ratios=[1.4, 1])
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
     keys, width = list(table), 0.2
     ax = axes[0]
     for j, m in enumerate(METHODS):
         ax.bar(np.arange(len(keys)) + (j - 1.5) * width, [table[k][m]["accuracy"] for k in keys], width, label=m)
-    ax.set_xticks(range(len(keys)), keys, fontsize=8)
+    ax.set_xticks(range(len(keys)), keys, fontsize=8, rotation=15)
     ax.set_ylabel("zero-shot digit accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
@@ -135,7 +137,7 @@ def _run(quick: bool):
                                       ("augmentation", "averaged_accuracy"), ("diffusion", "averaged_accuracy"))):
         ax.bar(np.arange(len(keys)) + (j - 1.5) * width, [views[k][kind][stat] for k in keys], width,
                label=f"{kind[:4]}. {stat.split('_')[0]}", hatch="" if j < 2 else "//", color=f"C{j % 2 + 4}")
-    ax.set_xticks(range(len(keys)), keys, fontsize=7)
+    ax.set_xticks(range(len(keys)), keys, fontsize=8, rotation=15)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title("views under the initial prompt: per view / averaged", fontsize=9)
