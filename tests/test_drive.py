@@ -1,5 +1,7 @@
 """Toy driving scenes, k-means anchors, DiffusionDrive's truncated forward process, loss and decoder."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -143,7 +145,9 @@ def test_train_plan_load_round_trip_and_two_network_calls(scenes):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     trajs, scores = plan(model, scenes[0], torch.Generator().manual_seed(0))
     assert trajs.shape == (6, 8, 2) and scores.shape == (6,) and np.all((scores >= 0) & (scores <= 1))
-    loaded = load_diffusiondrive(model.state_dict(), model.config)
+    from safetensors.torch import load, save
+
+    loaded = load_diffusiondrive(load(save(model.state_dict())), json.loads(json.dumps(model.config)))
     trajs2, _ = plan(loaded, scenes[0], torch.Generator().manual_seed(0))
     assert np.array_equal(trajs, trajs2)
     calls = []
