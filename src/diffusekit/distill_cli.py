@@ -483,8 +483,12 @@ def run_distill(args) -> int:
     except TrainingInterrupted as stop:
         if is_main:
             print(f"interrupted: {stop}; continue with `diffusekit distill --out {out} --resume`", file=sys.stderr)
+        interrupted = stop.exit_code
+    else:
+        interrupted = None
+    if interrupted is not None:  # outside the except block: its traceback (and the stage's trainer) is freed
         distributed.cleanup()
-        return stop.exit_code
+        return interrupted
     if is_main:
         save_student(out, student, native, method=s["method"], teacher=s["teacher"],
                      step=s["train_steps"], extra={"settings": s, "train_seconds": run.train_seconds})

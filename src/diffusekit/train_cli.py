@@ -441,6 +441,7 @@ def run_train(args) -> str | None:
             save_loss_plot(trainer._loss_history, out / "loss.png", title=f"{data_cfg['name']}: {cfg['net']['name']}")
         if finished:  # leave the process group together: a rank that exits while another still talks to it can
             distributed.barrier()  # abort the gloo transport of the other (after an error, do not wait)
+        trainer = None  # its DDP wrapper must go before the process group (see distributed.cleanup)
         distributed.cleanup()
     if not is_main:
         return None

@@ -12,6 +12,7 @@ See ``docs/distributed.md`` for the tested command lines and what other launcher
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -116,8 +117,15 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is initialised (no-op otherwise)."""
+    """Destroy the process group if one is initialised (no-op otherwise).
+
+    Every DistributedDataParallel wrapper must be gone first: one that outlives its group is destroyed at
+    interpreter exit against a dead gloo transport, which aborts the process ("terminate called without an active
+    exception"). Callers drop their trainers before calling this; the garbage collection here frees wrappers
+    that only reference cycles still hold.
+    """
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 
