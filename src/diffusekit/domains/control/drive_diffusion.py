@@ -7,9 +7,10 @@ What "truncated" means here (the semantics users of the official code asked abou
 * **Prior.** Not N(0, I): the anchored Gaussian mixture (1/K) sum_k N(sqrt(abar_n) a_k, (1 - abar_n) I) over the
   K k-means anchors a_k (normalised to [-1, 1] per axis). Every anchor is noised, every one becomes a query.
 * **Training** draws n ~ U{0, ..., 49} only (t <= 0.05): x_n^k = sqrt(abar_n) a_k + sqrt(1 - abar_n) eps. The
-  noise std there is 0.010 to 0.093 in normalised units, i.e. about 0.3 m to 2.6 m along x and 0.04 m to 0.4 m
-  along y on our scenes: the "diffusion" is a small perturbation around each anchor, and the decoder learns
-  to move an anchor to the ground truth (offsets) and to say which anchor is right (classification).
+  noise std there is 0.010 to 0.094 in normalised units (0.032 at n = 8), i.e. about 0.3 m to 3.1 m along x
+  and 0.04 m to 0.4 m along y on our scenes: the "diffusion" is a small perturbation around each anchor, and
+  the decoder learns to move an anchor to the ground truth (offsets) and to say which anchor is right
+  (classification).
 * **Loss** per decoder layer: 10 x sigmoid focal loss (gamma 2, alpha 0.25) on the one-hot of the anchor
   closest to the ground truth (mean waypoint L2) + 8 x L1 between that anchor's output and the ground truth.
   The decoder predicts the sample (x0), never eps.
