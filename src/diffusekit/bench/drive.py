@@ -3,9 +3,10 @@ toy driving scenes (``domains.control.drive_env``): 2-3 lanes, other cars, up to
 
 Both models see the same scene tokens (ego, lanes, cars), the same training scenes with one expert plan each,
 the same optimiser, batch and number of steps. DiffusionDrive: K = 20 k-means anchors, truncated training
-(timesteps < 50 of 1000), 2-layer cascade decoder, 2-step inference from anchors noised to timestep 8. Vanilla:
-the same scene encoder and a waypoint-token denoiser trained on the full 100-step cosine chain, sampled by DDIM
-from pure noise with 2 and 20 steps, 20 draws per scene. Metrics (``drive_eval.evaluate_drive``): min-ADE over
+(timesteps < 50 of 1000), 2-layer cascade decoder, 2-step inference from anchors noised to timestep 8 (and
+1 step, one call at t = 0, as an ablation). Vanilla: the same scene encoder and a waypoint-token denoiser
+trained on the full 100-step cosine chain, sampled by DDIM from pure noise with 2 and 20 steps, 20 draws per
+scene. Metrics (``drive_eval.evaluate_drive``): min-ADE over
 the 20 plans, the chosen plan's ADE / collision / off-road rate, diversity (mean pairwise distance), valid
 manoeuvres covered, network calls and ms per scene.
 
@@ -40,6 +41,7 @@ def _figure(rows: dict, planners: dict, scenes):
     import matplotlib.pyplot as plt
 
     names = list(planners)
+    bar_names = list(rows)
     fig = plt.figure(figsize=(15, 1.9 * len(scenes) + 1.2))
     grid = fig.add_gridspec(len(scenes), len(names) + 1, width_ratios=[1.6] * len(names) + [1])
     gen = torch.Generator().manual_seed(123)
@@ -53,12 +55,13 @@ def _figure(rows: dict, planners: dict, scenes):
                          title=f"{name}; valid: {', '.join(scene.valid)}")
             chosen = trajs[int(scores.argmax())]
             ax.plot(chosen[:, 0], chosen[:, 1], color="black", lw=2.5, alpha=0.5, zorder=6)
-    panels = [("min_ade", "min-ADE over the plans (m)"), ("coverage", "valid manoeuvres covered (fraction)"),
+    panels = [("min_ade", "min-ADE over the plans (m); (NFE)"), ("coverage", "valid manoeuvres covered (fraction)"),
               ("collision", "chosen plan: collision rate")]
     for j, (key, title) in enumerate(panels[:len(scenes)]):
         ax = fig.add_subplot(grid[j, -1])
-        ax.bar(range(len(names)), [rows[n][key] for n in names], color=["tab:green", "tab:purple", "tab:orange"])
-        ax.set_xticks(range(len(names)), [f"{n}\n({rows[n]['nfe']} NFE)" for n in names], fontsize=7)
+        ax.bar(range(len(bar_names)), [rows[n][key] for n in bar_names],
+               color=["tab:olive", "tab:green", "tab:purple", "tab:orange"][-len(bar_names):])
+        ax.set_xticks(range(len(bar_names)), [f"{n}\n({rows[n]['nfe']})" for n in bar_names], fontsize=6)
         ax.set_title(title, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("DiffusionDrive (2 steps from noised anchors; opacity = score, grey = chosen) vs vanilla diffusion "
@@ -74,7 +77,7 @@ def run(quick: bool):
     train = generate_scenes(cfg["train_scenes"], seed=0)
     test = generate_scenes(cfg["test_scenes"], seed=1)
     seconds = {}
-    bar = bench_progress(total=5, desc="drive")
+    bar = bench_progress(total=6, desc="drive")
     t0 = time.perf_counter()
     dd = train_diffusiondrive(train, steps=cfg["steps"], seed=0, batch_size=cfg["batch_size"])
     seconds["train_diffusiondrive"] = time.perf_counter() - t0
@@ -83,7 +86,8 @@ def run(quick: bool):
     vanilla = train_vanilla_policy(train, steps=cfg["steps"], seed=0, batch_size=cfg["batch_size"])
     seconds["train_vanilla"] = time.perf_counter() - t0
     bar.update()
-    planners = {"DiffusionDrive-2": DiffusionDrivePlanner(dd, steps=2),
+    planners = {"DiffusionDrive-1": DiffusionDrivePlanner(dd, steps=1),
+                "DiffusionDrive-2": DiffusionDrivePlanner(dd, steps=2),
                 "vanilla-2": VanillaPlanner(vanilla, steps=2, k=dd.config["k"]),
                 "vanilla-20": VanillaPlanner(vanilla, steps=20, k=dd.config["k"])}
     rows = {}
@@ -104,7 +108,7 @@ def run(quick: bool):
              f"({r['coverage']:.2f}), {r['nfe']} NFE, {r['ms_per_plan']:.1f} ms" for n, r in rows.items()]
     summary = "\n".join(lines) + "\nclaims: " + ", ".join(f"{k}={v}" for k, v in claims.items())
     examples = [s for s in test if len(s.valid) >= 2][:3]
-    fig = _figure(rows, planners, examples)
+    fig = _figure(rows, {n: p for n, p in planners.items() if n != "DiffusionDrive-1"}, examples)
     return {"summary": summary, "config": cfg, "rows": {n: {k: r[k] for k in METRICS} for n, r in rows.items()},
             "claims": claims, "train_seconds": seconds, "k": dd.config["k"],
             "expert_maneuvers": {m: int(np.sum([s.expert_maneuver == m for s in train]))

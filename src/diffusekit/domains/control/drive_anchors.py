@@ -14,8 +14,8 @@ def cluster_anchors(trajectories, k: int, seed: int = 0, *, n_init: int = 10) ->
     """K-means anchors of trajectories: the K centroids minimising sum_i min_k ||tau_i - a_k||^2.
 
     Each trajectory (T waypoints of D coordinates, e.g. 8 x (x, y)) is flattened to one T*D vector, so the
-    distance is the summed squared waypoint error, as in DiffusionDrive's anchor clustering (arXiv 2411.15139,
-    Sec. 3.3: "K anchors by K-Means on the training trajectories"). Uses scikit-learn's Lloyd k-means with
+    distance is the summed squared waypoint error, as in DiffusionDrive's anchors (arXiv 2411.15139: K = 20
+    K-Means centroids of the training set's ground-truth trajectories). Uses scikit-learn's Lloyd k-means with
     k-means++ seeding, ``n_init`` restarts, all from ``seed``, so the same data and seed give the same anchors.
 
     Args:

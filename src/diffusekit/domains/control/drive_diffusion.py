@@ -52,9 +52,9 @@ def t_of(schedule: VPDiscrete, n) -> torch.Tensor:
 
 
 def truncated_forward(anchors: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: VPDiscrete) -> torch.Tensor:
-    """Noise every anchor: x_t^k = alpha_t a_k + sigma_t eps^k (DiffusionDrive, arXiv 2411.15139, eq. 3 with the
-    anchored mixture prior). anchors (K, T, 2) or (B, K, T, 2) normalised; t (B,) schedule times; eps
-    (B, K, T, 2). At t = 0 the sample is the anchor exactly."""
+    """Noise every anchor: x_t^k = alpha_t a_k + sigma_t eps^k (DiffusionDrive's truncated forward process from the
+    anchored Gaussian mixture, arXiv 2411.15139). anchors (K, T, 2) or (B, K, T, 2) normalised; t (B,) schedule
+    times; eps (B, K, T, 2). At t = 0 the sample is the anchor exactly."""
     anchors = anchors.expand_as(eps)
     return schedule.add_noise(anchors, t, eps)
 
