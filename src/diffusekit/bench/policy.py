@@ -14,7 +14,8 @@ and roll out the same seeded episodes (100; 20 with --quick). Reported per polic
 route fractions (left / right where the path reaches the obstacle's height) and ``mode_balance`` =
 2 min(left, right) / n; for MoDE also the largest difference between fused and routed samples, forward FLOPs of
 one policy query (torch.utils.flop_counter), median wall time per query and the router's mutual information
-between noise level and expert (``methods.mode.routing_entropy``).
+between noise level and expert (``methods.mode.routing_entropy``). The full run adds a reduced table on
+``diffusekit/PushBlock-v0`` (pymunk pushing, 50 episodes): success of MSE, Diffusion Policy (DDIM 8) and MoDE.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from . import bench_progress, register_bench  # noqa: E402
-from ..domains.control import envs_point  # noqa: E402
+from ..domains.control import envs_point, envs_pusht  # noqa: E402
 from ..domains.control.demos import chunk_dataset, collect_demos  # noqa: E402
 from ..domains.control.diffusion_policy import DiffusionPolicyConfig, train_diffusion_policy  # noqa: E402
 from ..domains.control.mode_policy import MoDEPolicyConfig, train_mode_policy  # noqa: E402
@@ -40,13 +41,34 @@ from ..domains.control.rollout import rollout, summarise  # noqa: E402
 from ..methods.mode import routing_entropy  # noqa: E402
 
 ENV = envs_point.POINT_ENV_ID
+PUSH_ENV = envs_pusht.PUSH_ENV_ID
 EVAL_SEED = 10_000
 
 
 def _sizes(quick: bool) -> dict:
     if quick:
-        return {"demos": 60, "mse_steps": 300, "dp_steps": 300, "mode_steps": 150, "episodes": 20, "repeats": 3}
-    return {"demos": 100, "mse_steps": 2000, "dp_steps": 1500, "mode_steps": 1500, "episodes": 100, "repeats": 7}
+        return {"demos": 60, "mse_steps": 300, "dp_steps": 300, "mode_steps": 150, "episodes": 20, "repeats": 3,
+                "push": None}
+    return {"demos": 100, "mse_steps": 2000, "dp_steps": 1500, "mode_steps": 1500, "episodes": 100, "repeats": 7,
+            "push": {"demos": 100, "steps": 1000, "episodes": 50}}
+
+
+def _push_table(sizes: dict) -> dict:
+    """The reduced table on PushBlock-v0: MSE, Diffusion Policy (DDIM 8) and MoDE (cached, DDIM 10)."""
+    windows, chunks = chunk_dataset(collect_demos(PUSH_ENV, sizes["demos"], seed=0))
+    seeds = range(EVAL_SEED, EVAL_SEED + sizes["episodes"])
+    policies = {
+        "mse": train_mse_policy(windows, chunks, MSEPolicyConfig(train_steps=sizes["steps"]), env_id=PUSH_ENV),
+        "diffusion ddim-8": train_diffusion_policy(windows, chunks, DiffusionPolicyConfig(
+            train_steps=sizes["steps"], down_dims=(32, 64), batch_size=128, sampler="ddim", sample_steps=8),
+            env_id=PUSH_ENV),
+        "mode ddim-10 cached": train_mode_policy(windows, chunks, MoDEPolicyConfig(train_steps=sizes["steps"]),
+                                                 env_id=PUSH_ENV)}
+    rows = {}
+    for name, policy in bench_progress(policies.items(), desc="policy: push"):
+        row = summarise(rollout(policy.act, PUSH_ENV, seeds, n_obs=policy.n_obs, n_action=policy.n_action))
+        rows[name] = {k: row[k] for k in ("episodes", "success_rate", "mean_steps")}
+    return rows
 
 
 def _start_probe(policy, n: int = 64) -> dict:
@@ -135,8 +157,9 @@ def _run(quick: bool):
         row.update(_query_cost(policy, probe_windows, 1 if quick else 3))
         rows[name], paths[name] = row, results
     caching = _mode_caching(mode, probe_windows, n["repeats"])
+    push = _push_table(n["push"]) if n["push"] else None
     result = {"sizes": n, "train_seconds": {"mse": t_mse, "diffusion": t_dp, "mode": t_mode}, "policies": rows,
-              "mode_caching": caching}
+              "mode_caching": caching, "push_block": push}
     fmt = ", ".join(f"{k} succ {r['success_rate']:.2f} coll {r['collision_rate']:.2f} L/R "
                     f"{r['left_fraction']:.2f}/{r['right_fraction']:.2f}" for k, r in rows.items())
     mflop_fused, mflop_routed = caching["flops_per_query_fused"] / 1e6, caching["flops_per_query_routed"] / 1e6
@@ -144,7 +167,9 @@ def _run(quick: bool):
     result["summary"] = (f"{n['episodes']} episodes: {fmt}; MoDE fused vs routed max diff "
                          f"{caching['max_abs_diff_fused_vs_routed']:.1e}, MFLOP/query {mflop_fused:.2f} vs "
                          f"{mflop_routed:.2f}, {speedup:.2f}x faster")
-    fig, axes = plt.subplots(2, 4, figsize=(13, 6.6))
+    if push:
+        result["summary"] += "; PushBlock success " + ", ".join(f"{k} {r['success_rate']:.2f}" for k, r in push.items())
+    fig, axes = plt.subplots(3, 3, figsize=(10.5, 10.5))
     flat = axes.ravel()
     for ax, (name, results) in zip(flat, paths.items()):
         r = rows[name]
@@ -155,7 +180,7 @@ def _run(quick: bool):
     x = np.arange(len(names))
     ax.bar(x - 0.2, [rows[k]["success_rate"] for k in names], 0.4, label="success")
     ax.bar(x + 0.2, [rows[k]["collision_rate"] for k in names], 0.4, label="collision")
-    ax.set_xticks(x, [k.replace(" ", "\n", 1) for k in names], fontsize=6)
+    ax.set_xticks(x, names, fontsize=6, rotation=35, ha="right")
     ax.legend(fontsize=7), ax.set_ylim(0, 1), ax.set_title("rates", fontsize=8)
     ax = flat[len(paths) + 1]
     ax.bar([0, 1], [caching["flops_per_query_routed"] / 1e6, caching["flops_per_query_fused"] / 1e6],
@@ -163,6 +188,13 @@ def _run(quick: bool):
     ax.set_xticks([0, 1], ["routed", "fused"])
     ax.set_title(f"MoDE MFLOP / query (batch {caching['query_batch']})\n"
                  f"max diff {caching['max_abs_diff_fused_vs_routed']:.1e}", fontsize=8)
+    ax = flat[len(paths) + 2]
+    if push:
+        ax.bar(range(len(push)), [r["success_rate"] for r in push.values()], color="tab:purple")
+        ax.set_xticks(range(len(push)), [k.replace(" ", "\n", 1) for k in push], fontsize=7)
+        ax.set_ylim(0, 1), ax.set_title(f"PushBlock success ({n['push']['episodes']} episodes)", fontsize=8)
+    else:
+        ax.axis("off")
     fig.suptitle("bench policy: bimodal point-mass navigation (blue left, orange right, red collision)", fontsize=10)
     fig.tight_layout()
     return result, fig
