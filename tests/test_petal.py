@@ -180,3 +180,15 @@ def test_petal_beats_tent_and_source_on_a_continual_stream(classifier):
         assert math.isfinite(totals["petal"][key])
         assert totals["petal"][key] < totals["tent"][key] - 0.01, (key, totals)
         assert totals["petal"][key] < totals["source"][key] - 0.05, (key, totals)
+
+
+def test_batch_of_one_image(classifier, swag, clean_batch):
+    """The bench's batch-size sweep starts at 1: BatchNorm2d layers normalise the single image by its own spatial
+    statistics, the BatchNorm1d layer keeps the source statistics (tent.use_batch_statistics)."""
+    mean, var = swag
+    x, y = clean_batch
+    adapter = PETALAdapter(classifier, mean, var, n_augment=2)
+    for i in range(3):
+        out = adapter.predict(x[i: i + 1])
+        assert out.shape == (1, 10) and bool(torch.isfinite(out).all())
+    assert adapter.steps == 3
