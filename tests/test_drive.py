@@ -61,6 +61,7 @@ def test_classify_plans_recovers_each_manoeuvre(scenes):
     assert classify_plans(s, plans).tolist() == [0, 1, 2, 3, -1]
 
 
+@pytest.mark.filterwarnings("ignore:.*not having a spec.*:UserWarning")  # check_env without gymnasium.make
 def test_gym_env_reset_step_render():
     from diffusekit.domains.control.drive_env import DriveEnv
 
