@@ -15,8 +15,10 @@ def test_quick_bench_drive_direction(tmp_path):
     # anchored truncated diffusion at 2 steps: closer best plan and more valid manoeuvres than vanilla at 2 steps
     assert dd["min_ade"] < 0.6 * v2["min_ade"]
     assert dd["coverage"] > v2["coverage"] + 0.3
-    # and at least as good a best plan as vanilla with 10x the steps at this training budget
-    assert dd["min_ade"] < v20["min_ade"]
+    # and as many valid manoeuvres, with a safer chosen plan, as vanilla with 10x the steps (the full run agrees;
+    # there the vanilla policy at 20 steps has the lower min-ADE, see docs/benchmarks.md)
+    assert dd["coverage"] >= v20["coverage"] and dd["collision"] <= v20["collision"]
     assert dd["collision"] < v2["collision"]
+    assert result["rows"]["DiffusionDrive-1"]["nfe"] == 1
     for row in (dd, v2, v20):
         assert 0 <= row["collision"] <= 1 and 0 <= row["coverage"] <= 1 and row["diversity"] > 0
