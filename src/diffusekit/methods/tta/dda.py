@@ -25,12 +25,18 @@ Self-ensemble (Sec. 3.3): logits(f(x)) + logits(f(x_projected)).
 
 Cost: one network evaluation and one backward pass per step. The reference runs 50 DDPM steps (users report ~2 days
 for 16k ImageNet images on one GPU, DDA issues #1 and #6); we default to 10 deterministic DDIM steps (DDIM eta = 0
-= DPM-Solver-1) and cache projected datasets (:func:`project_dataset`, :func:`save_projected`).
+= DPM-Solver-1) and cache projected datasets (:func:`project_dataset`, :func:`save_projected`). On corrupted digits
+the 10-step DDIM projection matched the 50-step DDPM one in accuracy at a fifth of the network evaluations.
+
+Defaults for the zoo's digits_unet (``DEFAULTS``): t_start = 0.2 (not the paper's 0.5, which was worse here),
+s = 1, D = 2 (8 x 8 images; the paper uses D = 4 on 256 x 256), tuned on corruptions of the digits *train* split,
+never on the test stream. s acts per step, so its total effect grows with ``steps``.
 """
 
 from __future__ import annotations
 
 import json
+
 import torch
 import torch.nn.functional as F
 
@@ -42,8 +48,7 @@ from ...samplers.registry import grid_steps
 __all__ = ["DDAAdapter", "build", "lowpass", "guidance_energy", "guidance_gradient", "projection_grid", "project",
            "project_dataset", "save_projected", "load_projected", "DEFAULTS", "QUICK_DEFAULTS"]
 
-#: recommended projection settings for the zoo's digits_unet (tuned on corruptions of the digits *train* split,
-#: never on the test stream; see docs/benchmarks.md)
+#: recommended projection settings for the zoo's digits_unet (see the module docstring and docs/benchmarks.md)
 DEFAULTS = {"t_start": 0.2, "steps": 10, "guidance_scale": 1.0, "downsample": 2, "eta": 0.0}
 #: the same for tests and quick benches
 QUICK_DEFAULTS = {**DEFAULTS, "steps": 5}
