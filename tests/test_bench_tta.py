@@ -53,6 +53,15 @@ def test_filter_drops_unknowns_more_often_than_knowns(quick):
         assert row["kept_known"] > row["kept_unknown"] + 0.05
 
 
+def test_filter_stops_tent_drifting_in_the_continual_stream_at_a_high_learning_rate(quick):
+    """At 100x the recommended learning rate TENT drifts over the continual cycles (error rises from the first to
+    the last cycle) and the wisdom-of-crowds filter keeps it from doing so."""
+    stress = quick[0]["continual_stress"]
+    tent, filtered = stress["tent"]["cycle_error"], stress["tent+filter"]["cycle_error"]
+    assert tent[-1] > tent[0] + 0.05
+    assert filtered[-1] < tent[-1] - 0.05
+
+
 def test_dda_is_batch_size_invariant(quick):
     result = quick[0]
     if "dda" in result["missing"]:

@@ -13,11 +13,12 @@ Settings (``data.shift_streams``; the sources are the zoo's ``digits_bn_classifi
   test digits); DDA and SDA (tens of ms per image) see four corruptions on an evenly spaced subset (``heavy_n``
   images) of the same streams.
 * ``continual``: the corruption cycle visited 10 times without reset; error per domain visit over time.
+  ``continual_stress``: the same at 100x the learning rate (TENT, TENT + filter, PETAL), where TENT drifts.
 * ``batch_size``: batch 1, 8, 64, 200 on one shift.
-* ``sorted``: class-sorted vs i.i.d. order on the same images.
+* ``sorted``: class-sorted vs i.i.d. order on the same images (:func:`sort_by_label`).
 * ``open_set``: the 0-4 source with half the stream unknown (digits 5-9 and natural patches): closed-set error and
-  rejection AUROC of the max softmax probability; ``open_set_stress`` repeats TENT and TENT + filter at 100x the
-  learning rate, where entropy minimisation has enough pull to collapse.
+  rejection AUROC of the max softmax probability, and the shares of known and unknown samples the filter keeps;
+  ``open_set_stress`` repeats TENT and TENT + filter at 100x the learning rate.
 * ``claims``: each claim of the issue with its measured size and whether it held.
 """
 
@@ -43,7 +44,7 @@ FULL = {"shifts": ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blu
         "open_repeats": 3, "stress_lr": 0.1, "light": LIGHT, "heavy": HEAVY}
 QUICK = {**FULL, "shifts": ("gaussian_noise", "contrast"), "severities": (5,), "repeats": 1,
          "heavy_shifts": ("gaussian_noise",), "heavy_n": 16,
-         "continual": {"cycles": 2, "images_per_domain": 100, "batch_size": 50},
+         "continual": {"cycles": 3, "images_per_domain": 200, "batch_size": 50},
          "batch_sizes": (1, 64), "sweep_repeats": 1, "heavy_sweep_n": 16, "sorted_shifts": ("gaussian_noise",),
          "open_shifts": ("gaussian_noise",), "open_repeats": 2, "light": ("source", "tent", "tent+filter"),
          "heavy": ("dda",)}
@@ -57,6 +58,13 @@ def thin(stream: ShiftStream, n: int) -> ShiftStream:
     idx = torch.linspace(0, stream.x.shape[0] - 1, n).round().long()
     return ShiftStream(stream.x[idx], stream.y[idx], [stream.domains[i] for i in idx.tolist()], stream.batch_size,
                        {**stream.info, "thinned_to": n})
+
+
+def sort_by_label(stream: ShiftStream) -> ShiftStream:
+    """The same samples in class-sorted order (stable: ties keep their stream order)."""
+    idx = torch.sort(stream.y, stable=True).indices
+    return ShiftStream(stream.x[idx], stream.y[idx], [stream.domains[i] for i in idx.tolist()], stream.batch_size,
+                       {**stream.info, "order": "sorted"})
 
 
 def _score(adapter, stream: ShiftStream) -> dict:
@@ -121,15 +129,19 @@ def _single(cfg, methods, models, bar) -> dict:
     return out
 
 
-def _continual(cfg, methods, models, bar) -> dict:
+def _continual(cfg, methods, models, bar, *, stress: bool = False) -> dict:
     c = cfg["continual"]
     stream = continual_stream(CONTINUAL_CYCLE[: 3 if methods.quick else None], 5, cycles=c["cycles"],
                               images_per_domain=c["images_per_domain"], batch_size=c["batch_size"], seed=0)
     per_visit = c["images_per_domain"] // c["batch_size"]
     out = {"domains": [f"{cyc}:{name}" for cyc, name in stream.info["visits"]], "cycles": c["cycles"],
            "cycle": list(stream.info["corruptions"]), "images": int(stream.x.shape[0])}
+    if stress:
+        out["lr"] = cfg["stress_lr"]
     for name in cfg["light"]:
-        adapter = methods.get(name, models["all"], "all")
+        if stress and name == "source":
+            continue
+        adapter = methods.get(name, models["all"], "all", **({"lr": cfg["stress_lr"]} if stress else {}))
         if adapter is None:
             continue
         row = _score(adapter, stream)
@@ -167,12 +179,10 @@ def _sorted(cfg, methods, models, bar) -> dict:
             adapter = methods.get(name, models["all"], "all")
             if adapter is None:
                 break
-            row = {}
-            for order in ("iid", "sorted"):
-                stream = single_stream(shift, 5, batch_size=cfg["batch"], order=order, repeats=cfg["repeats"], seed=0)
-                if heavy:
-                    stream = thin(stream, cfg["heavy_n"])
-                row[order] = _public(_score(adapter, stream))
+            iid = single_stream(shift, 5, batch_size=cfg["batch"], repeats=cfg["repeats"], seed=0)
+            if heavy:
+                iid = thin(iid, cfg["heavy_n"])
+            row = {order: _public(_score(adapter, s)) for order, s in (("iid", iid), ("sorted", sort_by_label(iid)))}
             out.setdefault(name, {})[f"{shift}-5"] = row
             bar.update(1)
     return out
@@ -264,12 +274,21 @@ def _claims(res: dict) -> dict:
         claims["sorted_tent_collapses_filter_prevents"] = {"tent_sorted_minus_iid_error": collapse,
                                                            "tent_minus_filter_sorted_error": filt,
                                                            "holds": bool(collapse > 0 and filt > 0)}
-    co = res["continual"]
+    co, cs = res["continual"], res["continual_stress"]
     drift = {m: co[m]["cycle_error"][-1] - co[m]["cycle_error"][0] for m in ("tent", "petal") if m in co}
+    stress_drift = {m: cs[m]["cycle_error"][-1] - cs[m]["cycle_error"][0] for m in ("tent", "petal") if m in cs}
     if drift:
         claims["petal_stable_tent_drifts"] = {"last_minus_first_cycle_error": drift,
+                                              "stress_lr_last_minus_first_cycle_error": stress_drift,
                                               "holds": bool("petal" in drift and drift["tent"] > 0
                                                             and drift["petal"] < drift["tent"])}
+    cs = res["continual_stress"]
+    if "tent" in cs and "tent+filter" in cs:
+        last = {m: cs[m]["cycle_error"][-1] for m in ("tent", "tent+filter", "petal") if m in cs}
+        first = {m: cs[m]["cycle_error"][0] for m in last}
+        claims["filter_prevents_continual_collapse_at_stress_lr"] = {
+            "lr": cs["lr"], "first_cycle_error": first, "last_cycle_error": last,
+            "holds": bool(last["tent"] - first["tent"] > 0.05 and last["tent+filter"] < last["tent"] - 0.05)}
     bs = res["batch_size"]
     if "tent" in bs:
         sizes = sorted(bs["tent"], key=int)
@@ -294,7 +313,7 @@ def _claims(res: dict) -> dict:
 def _figure(res: dict):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.6), gridspec_kw={"width_ratios": [2.4, 1.6, 1, 1.2]})
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4.6), gridspec_kw={"width_ratios": [2.4, 1.5, 1.5, 1, 1.2]})
     ax = axes[0]
     si = res["single"]
     methods = [m for m in (*LIGHT, *HEAVY) if m in si]
@@ -314,6 +333,13 @@ def _figure(res: dict):
     ax.set_xlabel(f"domain visit ({len(co['cycle'])} corruptions x {co['cycles']} cycles)"), ax.set_ylabel("error")
     ax.set_title("continual (severity 5, never reset)"), ax.legend(fontsize=7)
     ax = axes[2]
+    cs = res["continual_stress"]
+    for m in LIGHT:
+        if m in cs:
+            ax.plot(cs[m]["visit_error"], label=f"{m} ({cs[m]['error']:.3f})", lw=1, color=f"C{LIGHT.index(m)}")
+    ax.set_xlabel("domain visit"), ax.set_ylabel("error"), ax.legend(fontsize=7)
+    ax.set_title(f"continual at lr {cs.get('lr', float('nan')):g} (100x)")
+    ax = axes[3]
     bs = res["batch_size"]
     for m in (*LIGHT, *HEAVY):
         if m in bs:
@@ -321,7 +347,7 @@ def _figure(res: dict):
             ax.plot([int(s) for s in sizes], [bs[m][s]["error"] for s in sizes], "o-", label=m)
     ax.set_xscale("log"), ax.set_xlabel("batch size"), ax.set_ylabel("error"), ax.legend(fontsize=7)
     ax.set_title(f"batch size ({bs['shift']})")
-    ax = axes[3]
+    ax = axes[4]
     op, st = res["open_set"], res["open_set_stress"]
     bars = [(m, op[m]) for m in (*LIGHT, "dda") if m in op] + [(f"{m} lr {st['lr']:g}", st[m])
                                                                for m in ("tent", "tent+filter") if m in st]
@@ -361,12 +387,13 @@ def run(quick: bool):
     n_methods = len(cfg["light"]) + len(cfg["heavy"])
     total = (len(cfg["light"]) * len(cfg["shifts"]) * len(cfg["severities"])
              + len(cfg["heavy"]) * len(cfg["heavy_shifts"]) * len(cfg["heavy_severities"])
-             + len(cfg["light"]) + n_methods * (len(cfg["batch_sizes"]) + len(cfg["sorted_shifts"])
+             + 2 * len(cfg["light"]) + n_methods * (len(cfg["batch_sizes"]) + len(cfg["sorted_shifts"])
                                                  + len(cfg["open_shifts"])))
     res: dict = {"settings": {k: v for k, v in cfg.items()}}
     with bench_progress(desc="tta", total=total) as bar:
         res["single"] = _single(cfg, methods, models, bar)
         res["continual"] = _continual(cfg, methods, models, bar)
+        res["continual_stress"] = _continual(cfg, methods, models, bar, stress=True)
         res["batch_size"] = _batch_sizes(cfg, methods, models, bar)
         res["sorted"] = _sorted(cfg, methods, models, bar)
         res["open_set"], res["open_set_stress"] = _open_set(cfg, methods, models, bar)
