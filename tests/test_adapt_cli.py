@@ -100,3 +100,23 @@ def test_difftpt_runs_on_the_captioned_digits(tmp_path, capsys):
                  "--batch-size", "2", "--quick", "--out", str(out), "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["classifier"] == "zoo:captions_clip" and result["images"] == 2 and result["limit"] == 2
+
+
+def test_classifier_from_a_folder_equals_the_zoo_one(tmp_path, capsys):
+    import shutil
+
+    from diffusekit import zoo
+
+    folder = tmp_path / "clf"
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.ASSETS_DIR / f"digits_bn_classifier{suffix}", folder)
+    outs = []
+    for spec in (str(folder), "zoo:digits_bn_classifier"):
+        out = tmp_path / f"{len(outs)}.json"
+        assert main(["adapt", "--method", "tent", "--shift", "jpeg", "--severity", "4", "--classifier", spec,
+                     "--out", str(out), "--no-progress"]) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["batches"] == outs[1]["batches"]
+    assert "holds none of" in _error(capsys, ["adapt", "--method", "tent", "--shift", "jpeg", "--severity", "4",
+                                              "--classifier", str(tmp_path), "--no-progress"])
