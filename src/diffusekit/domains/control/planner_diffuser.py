@@ -55,7 +55,8 @@ class DiffuserPlanner(nn.Module):
         ``n_step_guided_p_sample``; x (B, C, H), n (B,) long with one shared value, s0 (B, C))."""
         with torch.enable_grad():
             x_req = x.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(self.value(x_req, n).sum(), x_req)
+            self.value(x_req, n).sum().backward(inputs=[x_req])  # backward(), not autograd.grad: FLOP-countable
+            grad = x_req.grad
         step = self.config["guide_scale"] * posterior_variance(self.schedule, int(n[0]))
         return inpaint_first_state(x + step * grad, s0)
 
