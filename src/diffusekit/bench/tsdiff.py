@@ -40,9 +40,11 @@ from . import bench_progress, register_bench
 
 CONTEXT, HORIZON = 96, 24
 GUIDANCE_SCALE = {"mse": 0.1, "quantile": 2.0}
-QUICK = {"datasets": ("synthetic",), "steps": 300, "hidden": 32, "blocks": 6, "samples": 8, "ddim_steps": 20,
+QUICK = {"datasets": ("synthetic",), "steps": 600, "batch_size": 32, "lr": 2e-3,
+         "hidden": 32, "blocks": 6, "samples": 8, "ddim_steps": 20,
          "refine_iterations": 8, "tstr_samples": 256, "max_test_windows": 6, "missing_datasets": ()}
-FULL = {"datasets": ("synthetic", "co2", "sunspots"), "steps": 1000, "hidden": 32, "blocks": 6, "samples": 16,
+FULL = {"datasets": ("synthetic", "co2", "sunspots"), "steps": 1000, "batch_size": 64, "lr": 1e-3,
+        "hidden": 32, "blocks": 6, "samples": 16,
         "ddim_steps": 50, "refine_iterations": 20, "tstr_samples": 1000, "max_test_windows": 12,
         "missing_datasets": ("synthetic",)}
 
@@ -63,7 +65,8 @@ def _run_dataset(name: str, p: dict, seed: int) -> dict:
     x_test = torch.tensor(sc_test.transform(test), dtype=torch.float32)
     truth = test[..., CONTEXT:]
     mask = forecast_mask(series.dim, CONTEXT, HORIZON)
-    cfg = TSDiffConfig(hidden=p["hidden"], num_blocks=p["blocks"], steps=p["steps"], seed=seed)
+    cfg = TSDiffConfig(hidden=p["hidden"], num_blocks=p["blocks"], steps=p["steps"], batch_size=p["batch_size"],
+                       lr=p["lr"], seed=seed)
     t0 = time.perf_counter()
     den, _ = train_tsdiff(x_train, cfg)
     cden, _ = train_conditional(x_train, mask, cfg)
