@@ -6,7 +6,8 @@ every 24 steps after): one unconditional TSDiff model (``domains.timeseries.tsdi
 net, T = 100 linear) and one conditional diffusion model with the same backbone (context as conditioning
 channels), trained for the same number of steps. Forecasts (raw units, GluonTS ``Evaluator`` metrics):
 
-* ``seasonal_naive`` (GluonTS) - a point forecast;
+* ``seasonal_naive`` (GluonTS) - a point forecast; ``deepar`` (GluonTS torch DeepAR, 2 x 32 LSTM, 20 epochs x 50
+  batches of 32, full run only);
 * ``conditional`` - the task-specific conditional model (DDPM, 100 steps);
 * ``unguided`` - unconditional samples with the context not used at all (scale 0; a floor);
 * ``guided_mse`` / ``guided_quantile`` - TSDiff self-guidance, DDIM, MSE energy (s = 0.1) and quantile energy
@@ -27,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from ..domains.timeseries.baselines import seasonal_naive
+from ..domains.timeseries.baselines import deepar, seasonal_naive
 from ..domains.timeseries.data import WindowScaler, forecast_windows, load_named_series, train_test_split
 from ..domains.timeseries.evaluation import gluonts_metrics
 from ..domains.timeseries.guidance import sample_self_guided, sample_unconditional
@@ -42,11 +43,12 @@ CONTEXT, HORIZON = 96, 24
 GUIDANCE_SCALE = {"mse": 0.1, "quantile": 2.0}
 QUICK = {"datasets": ("synthetic",), "steps": 600, "batch_size": 32, "lr": 2e-3,
          "hidden": 32, "blocks": 6, "samples": 8, "ddim_steps": 20,
-         "refine_iterations": 8, "tstr_samples": 256, "max_test_windows": 6, "missing_datasets": ()}
+         "refine_iterations": 8, "tstr_samples": 256, "max_test_windows": 6, "missing_datasets": (),
+         "deepar_epochs": 0}
 FULL = {"datasets": ("synthetic", "co2", "sunspots"), "steps": 1000, "batch_size": 64, "lr": 1e-3,
         "hidden": 32, "blocks": 6, "samples": 16,
         "ddim_steps": 50, "refine_iterations": 20, "tstr_samples": 1000, "max_test_windows": 12,
-        "missing_datasets": ("synthetic",)}
+        "missing_datasets": ("synthetic",), "deepar_epochs": 20}
 
 
 def _windows(name: str, max_test: int):
@@ -79,6 +81,11 @@ def _run_dataset(name: str, p: dict, seed: int) -> dict:
     s = p["samples"]
     sn = seasonal_naive(test[..., :CONTEXT], HORIZON, series.season, freq="h")
     out["methods"]["seasonal_naive"] = gluonts_metrics(sn, truth, freq="h")
+    if p["deepar_epochs"]:
+        split, _ = train_test_split(series)
+        smp = deepar(series.values[:split], test[..., :CONTEXT], HORIZON, context_length=CONTEXT,
+                     epochs=p["deepar_epochs"], seed=seed)
+        out["methods"]["deepar"] = gluonts_metrics(smp, truth, freq="h")
     g = torch.Generator().manual_seed(seed)
     out["methods"]["conditional"] = score(sample_conditional(cden, x_test, mask, s, generator=g))
     out["methods"]["unguided"] = score(sample_self_guided(den, x_test, mask, s, energy="mse", scale=0.0,

@@ -45,18 +45,23 @@ def deepar(train_values: np.ndarray, contexts: np.ndarray, horizon: int, *, cont
     start = pd.Period("2000-01-01", freq=freq)
     train = ListDataset([{"start": start, "target": train_values[:, i]} for i in range(train_values.shape[1])],
                         freq=freq)
+    import tempfile
+
+    scratch = tempfile.TemporaryDirectory()  # GluonTS adds a ModelCheckpoint callback; keep its files out of cwd
     estimator = DeepAREstimator(freq=freq, prediction_length=horizon, context_length=context_length,
                                 num_layers=2, hidden_size=32, batch_size=32,
                                 num_batches_per_epoch=num_batches_per_epoch,
                                 trainer_kwargs={"max_epochs": epochs, "enable_progress_bar": False,
                                                 "enable_model_summary": False, "logger": False,
-                                                "enable_checkpointing": False, "accelerator": "cpu"})
+                                                "default_root_dir": scratch.name,
+                                                "accelerator": "cpu"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         predictor = estimator.train(train)
         data = ListDataset(_entries(np.asarray(contexts, np.float64), freq), freq=freq)
         predictor.prediction_net.eval()
         forecasts = list(predictor.predict(data, num_samples=num_samples))
+    scratch.cleanup()
     m, d, _ = contexts.shape
     out = np.stack([f.samples for f in forecasts], axis=1)  # (S, M*D, H)
     return out.reshape(out.shape[0], m, d, horizon)
