@@ -177,8 +177,8 @@ def plan_batch(model: DiffusionDrive, scene: SceneTensors, generator: torch.Gene
     sigmoid(logits) of the final call (the paper picks the argmax). NFE = ``steps``. ``trace``, if a list,
     receives (label, trajectories in metres (B, K, T, 2), scores or None) after the noising and after each step.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
+    if not 1 <= steps <= 20:
+        raise ValueError(f"steps must be between 1 and 20 (distinct timesteps below the truncation); got {steps}")
     sched = model.schedule
     b, k = scene.ego.shape[0], model.config["k"]
     anchors = normalise(model.anchors, model.lo, model.hi)
