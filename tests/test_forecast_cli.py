@@ -57,3 +57,18 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
 def test_bad_output_suffix(tmp_path, capsys):
     assert main(["forecast", "--data", "nile", "--out", str(tmp_path / "f.txt")]) == 2
     assert "--out must end in .json or .csv" in capsys.readouterr().err
+
+
+def test_forecast_samples_accepts_a_dataframe_and_a_tensor_directly():
+    import torch
+
+    from diffusekit.domains.timeseries.forecast import forecast_samples
+
+    t = np.arange(60)
+    frame = pd.DataFrame({"x": np.sin(2 * np.pi * t / 6), "z": np.cos(2 * np.pi * t / 6)})
+    smp = forecast_samples(frame, 6, method="tsdiff", context=18, samples=3, train_steps=10)
+    assert smp.shape == (3, 2, 6) and np.isfinite(smp).all()
+    naive = forecast_samples(torch.tensor(frame.to_numpy()), 6, method="seasonal-naive", context=18)
+    assert naive.shape == (1, 2, 6)
+    with pytest.raises(ValueError, match="unknown forecasting method"):
+        forecast_samples(frame, 6, method="prophet")

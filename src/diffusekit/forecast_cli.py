@@ -27,7 +27,6 @@ from .errors import UserError
 
 HELP = "probabilistic forecasts of a series (TSDiff self-guidance, refinement, conditional, seasonal naive)"
 METHODS = ("tsdiff", "tsdiff-quantile", "tsdiff-refine", "conditional", "seasonal-naive")
-GUIDANCE = {"tsdiff": ("mse", 0.1), "tsdiff-quantile": ("quantile", 2.0)}
 
 
 def add_arguments(p) -> None:
@@ -84,45 +83,10 @@ def _check(args, series) -> int:
 
 def _forecast(args, series, context: int, progress: bool):
     """Samples (S, D, H) in raw units."""
-    import numpy as np
-    import torch
+    from .domains.timeseries.forecast import forecast_samples
 
-    from .domains.timeseries.baselines import seasonal_naive
-    from .domains.timeseries.data import WindowScaler, make_windows
-    from .domains.timeseries.guidance import sample_self_guided
-    from .domains.timeseries.refine import refine
-    from .domains.timeseries.tsdiff import (TSDiffConfig, forecast_mask, sample_conditional, train_conditional,
-                                            train_tsdiff)
-
-    h, d = args.horizon, series.dim
-    last = series.values[-context:].T[None]  # (1, D, C)
-    naive = seasonal_naive(last, h, series.season, freq="h")  # (1, 1, D, H)
-    if args.method == "seasonal-naive":
-        return naive[:, 0]
-    windows, _ = make_windows(series.values, context + h)
-    x_train = torch.tensor(WindowScaler("standard", context).fit(windows).transform(windows), dtype=torch.float32)
-    query = np.concatenate([last, np.zeros((1, d, h))], -1)
-    scaler = WindowScaler("standard", context).fit(query)
-    y = torch.tensor(scaler.transform(query), dtype=torch.float32)
-    mask = forecast_mask(d, context, h)
-    cfg = TSDiffConfig(hidden=32, num_blocks=6, steps=args.train_steps, seed=args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    s = args.samples
-    if args.method == "conditional":
-        den, _ = train_conditional(x_train, mask, cfg, progress=progress)
-        smp = sample_conditional(den, y, mask, s, generator=g)
-    else:
-        den, _ = train_tsdiff(x_train, cfg, progress=progress)
-        if args.method == "tsdiff-refine":
-            init = np.concatenate([last, naive[0]], -1).repeat(s, 0)  # (S, D, C + H)
-            init = torch.tensor(scaler.transform(init), dtype=torch.float32)
-            smp = refine(den, init, y.repeat(s, 1, 1), mask, method="langevin", iterations=20, generator=g)[-1][:, None]
-        else:
-            energy, scale = GUIDANCE[args.method]
-            scale = scale if args.scale is None else args.scale
-            smp = sample_self_guided(den, y, mask, s, energy=energy, scale=scale, sampler="ddim", steps=50,
-                                     generator=g, progress=progress)
-    return scaler.inverse(smp.numpy())[:, 0, :, context:]
+    return forecast_samples(series, args.horizon, method=args.method, context=context, samples=args.samples,
+                            train_steps=args.train_steps, scale=args.scale, seed=args.seed, progress=progress)
 
 
 def _fan_chart(series, context: int, samples, times, path: Path) -> None:

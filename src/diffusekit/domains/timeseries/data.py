@@ -50,13 +50,16 @@ class Series:
 
     @property
     def length(self) -> int:
+        """Number of time steps T."""
         return int(self.values.shape[0])
 
     @property
     def dim(self) -> int:
+        """Number of variables D."""
         return int(self.values.shape[1])
 
     def index(self) -> pd.PeriodIndex:
+        """The T periods of the values."""
         return pd.period_range(self.start, periods=self.length, freq=self.freq)
 
     def to_frame(self) -> pd.DataFrame:
@@ -249,6 +252,8 @@ class WindowScaler:
         self.kind, self.context = kind, context
 
     def fit(self, windows: np.ndarray, observed: np.ndarray | None = None) -> WindowScaler:
+        """Statistics of each window's context (N, D, L) -> loc, scale (N, D, 1); only entries with ``observed``
+        > 0 count when a mask is given (missing values)."""
         ctx = windows[..., : self.context] if self.context else windows
         w = np.ones_like(ctx) if observed is None else (observed[..., : ctx.shape[-1]] > 0).astype(np.float64)
         n = np.maximum(w.sum(-1, keepdims=True), 1.0)
@@ -262,9 +267,11 @@ class WindowScaler:
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """x' = (x - loc) / scale."""
         return (x - self.loc) / self.scale
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
+        """x = x' scale + loc (exact inverse of ``transform``)."""
         return x * self.scale + self.loc
 
 

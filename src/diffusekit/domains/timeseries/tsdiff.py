@@ -48,6 +48,7 @@ class _GatedResidualBlock(nn.Module):
         self.out = nn.Conv1d(hidden, 2 * hidden, 1)
 
     def forward(self, h, emb, cond):
+        """h (B, C, L), emb (B, E), cond (B, K, L) or None -> (residual output, skip), both (B, C, L)."""
         y = self.conv(h + self.emb(emb)[..., None])
         if self.cond is not None:
             y = y + self.cond(cond)
@@ -80,6 +81,7 @@ class ResidualDilatedConvNet(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """eps prediction (B, D, L) for x (B, D, L), network time t (B,) or scalar, cond (B, K, L) or None."""
         if x.shape[-1] != self.pos.shape[-1]:
             raise ValueError(f"window length {x.shape[-1]} differs from the net's length {self.pos.shape[-1]}")
         emb = self.time_mlp(timestep_embedding(t.reshape(-1).expand(x.shape[0]).to(x.dtype), self.emb_dim))
