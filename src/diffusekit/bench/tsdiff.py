@@ -18,7 +18,13 @@ channels), trained for the same number of steps. Forecasts (raw units, GluonTS `
 
 Metrics: ``crps`` (GluonTS mean weighted quantile loss, 0.1..0.9), ``nd``, ``nrmse``, ``coverage80`` (share of
 targets inside the 10-90 % interval, ideal 0.8). TSTR: Ridge from context to prediction fitted on TSDiff samples,
-real train windows or AR(p) bootstrap windows, scored by ND on real test windows (``tstr_*``).
+real train windows or AR(p) bootstrap windows, scored by ND on real test windows (``tstr_*``). Missing values (full
+run, synthetic): half the context missing (RM, BM-B, BM-E), quantile self-guidance vs a conditional model trained
+per scenario (``missing``).
+
+Budgets: ``--quick`` synthetic only, 600 steps at batch 32 (lr 2e-3), 8 samples, 6 test windows, DDIM 20 steps;
+full: synthetic, co2 (monthly), sunspots, 1000 steps at batch 64 (lr 1e-3, the paper's), 16 samples, up to 12
+test windows, DDIM 50 steps, 20 refinement iterations, 1000 TSTR samples (the paper: 10,000).
 """
 
 from __future__ import annotations
