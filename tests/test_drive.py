@@ -215,3 +215,12 @@ def test_vanilla_policy_plans_with_the_declared_network_calls(scenes):
                                        steps=5, k=4)
     hook.remove()
     assert trajs.shape == (3, 4, 8, 2) and scores.shape == (3, 4) and len(calls) == 5
+
+
+def test_noise_free_ablation_plans_deterministically(scenes):
+    model = train_diffusiondrive(scenes[:60], steps=2, seed=0, k=4, batch_size=4, d=16, noise=False)
+    assert model.config["truncation_steps"] == 0 and model.config["inference_noise_step"] == 0
+    tensors = SceneTensors.from_scenes(scenes[:2])
+    a, _ = plan_batch(model, tensors, torch.Generator().manual_seed(0), steps=1)
+    b, _ = plan_batch(model, tensors, torch.Generator().manual_seed(1), steps=1)
+    assert torch.equal(a, b)

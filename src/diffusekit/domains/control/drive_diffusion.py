@@ -125,12 +125,15 @@ def load_diffusiondrive(state: dict, config: dict) -> DiffusionDrive:
 
 def train_diffusiondrive(scenes, *, steps: int = 2000, seed: int = 0, progress: bool = False, k: int = 20,
                          batch_size: int = 64, lr: float = 1e-3, d: int = 64, heads: int = 4,
-                         layers: int = 2) -> DiffusionDrive:
+                         layers: int = 2, noise: bool = True) -> DiffusionDrive:
     """Train DiffusionDrive on scenes with expert plans (``drive_env.generate_scenes``).
 
     Anchors: ``cluster_anchors`` (k-means, K = ``k``) of the expert trajectories. Each step: a batch of scenes,
     n ~ U{0..49}, all K anchors noised (``truncated_forward``), the cascade decoder, ``diffusiondrive_loss``;
     AdamW with cosine decay. Deterministic under ``seed`` (explicit generators).
+
+    ``noise=False`` is an ablation, not the paper's method: the same decoder and loss on the clean anchors
+    (t = 0 in training and inference), i.e. anchor classification + offset regression with no diffusion.
     """
     from tqdm import tqdm
 
@@ -141,7 +144,8 @@ def train_diffusiondrive(scenes, *, steps: int = 2000, seed: int = 0, progress: 
         raise ValueError(f"need at least k={k} scenes to cluster anchors; got {len(experts)}")
     lo, hi = trajectory_range(experts)
     config = {"k": k, "d": d, "heads": heads, "layers": layers, "lo": lo, "hi": hi, "steps": steps, "seed": seed,
-              "truncation_steps": TRUNCATION_STEPS, "inference_noise_step": INFERENCE_NOISE_STEP}
+              "truncation_steps": TRUNCATION_STEPS if noise else 0,
+              "inference_noise_step": INFERENCE_NOISE_STEP if noise else 0}
     torch.manual_seed(seed)  # parameter initialisation only; every training draw has its own generator
     model = DiffusionDrive(config)
     model.anchors.copy_(torch.from_numpy(cluster_anchors(experts, k, seed)).float())
@@ -157,7 +161,10 @@ def train_diffusiondrive(scenes, *, steps: int = 2000, seed: int = 0, progress: 
         idx = torch.randint(len(scenes), (batch_size,), generator=gen)
         n = torch.randint(TRUNCATION_STEPS, (batch_size,), generator=gen)
         eps = torch.randn(batch_size, k, HORIZON, 2, generator=gen)
-        x = truncated_forward(anchors_norm, t_of(model.schedule, n), eps, model.schedule).float()
+        t = t_of(model.schedule, n)
+        if not noise:
+            n, t = torch.zeros_like(n), torch.zeros_like(t)
+        x = truncated_forward(anchors_norm, t, eps, model.schedule).float()
         trajs, logits = model.decode(x, n, scene_t.index(idx))
         loss = diffusiondrive_loss(trajs, logits, target[idx], best_all[idx]).mean()
         opt.zero_grad(set_to_none=True)
@@ -183,10 +190,12 @@ def plan_batch(model: DiffusionDrive, scene: SceneTensors, generator: torch.Gene
     b, k = scene.ego.shape[0], model.config["k"]
     anchors = normalise(model.anchors, model.lo, model.hi)
     eps = torch.randn(b, k, HORIZON, 2, generator=generator)
-    x = truncated_forward(anchors, t_of(sched, torch.full((b,), INFERENCE_NOISE_STEP)), eps, sched)
+    noise_step = model.config["inference_noise_step"]
+    t_start = t_of(sched, torch.full((b,), noise_step)) if noise_step > 0 else torch.zeros(b, dtype=torch.float64)
+    x = truncated_forward(anchors, t_start, eps, sched)  # the clean anchors for the noise-free ablation
     last = {}
     if trace is not None:
-        trace.append((f"anchors noised to t={INFERENCE_NOISE_STEP}", denormalise(x.float(), model.lo, model.hi), None))
+        trace.append((f"anchors noised to t={noise_step}", denormalise(x.float(), model.lo, model.hi), None))
 
     def x0_hat(x_t, t, **_):
         n = sched.timestep_of_t(t).round()
