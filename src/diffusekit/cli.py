@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     import importlib.util
 
-    for command, module in (("adapt", "adapt_cli"), ("forecast", "forecast_cli"), ("policy", "policy_cli")):
+    for command, module in (("adapt", "adapt_cli"), ("forecast", "forecast_cli"), ("policy", "policy_cli"),
+                            ("data", "data_cli")):
         if importlib.util.find_spec(f"{__package__}.{module}") is not None:
             domain = importlib.import_module(f".{module}", __package__)
             dp = sub.add_parser(command, help=domain.HELP, formatter_class=fmt, parents=[common])
