@@ -138,11 +138,11 @@ def fit_swag_diagonal(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *
 
 @torch.no_grad()
 def fisher_restore(student: nn.Module, source_state: dict, grads_sq: dict, quantile: float) -> int:
-    """PETAL's FIM-based restoration (arXiv 2303.15145, Sec. 3.4, Algorithm 2 lines 13-15): pool the Fisher proxy
-    F_j = (dL/dtheta_j)^2 of every parameter of ``student`` (``grads_sq``: name -> tensor), and reset to
-    ``source_state[name]`` the k = round(quantile * n) entries with the smallest F_j (ties broken by position,
-    stable sort) -- the entries below the ``quantile``-quantile of F. Returns k, the number of entries reset;
-    every other entry is left untouched."""
+    """PETAL's FIM-based restoration (arXiv 2303.15145, data-driven parameter restoration; Algorithm 2 lines
+    13-15): pool the Fisher proxy F_j = (dL/dtheta_j)^2 of every parameter of ``student`` (``grads_sq``: name ->
+    tensor), and reset to ``source_state[name]`` the k = round(quantile * n) entries with the smallest F_j (ties
+    broken by position, stable sort) -- the entries below the ``quantile``-quantile of F. Returns k, the number of
+    entries reset; every other entry is left untouched."""
     if not 0.0 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0, 1), got {quantile!r}")
     names = [n for n, _ in student.named_parameters()]

@@ -11,7 +11,9 @@ reset) and reports the pooled error / Brier / NLL, the error of every cycle, and
 * ``petal``: :func:`.petal.build` with its defaults;
 * ``petal-no-restore`` (restore_quantile 0), ``petal-no-prior`` (spw 0), ``petal-no-augavg`` (threshold 0);
 * ``petal-ema0.99`` and the same without restoration and prior: a teacher that follows the student ten times
-  faster (the reference class's default ``mt_alpha``), where the student's drift reaches the prediction.
+  faster (the reference class's default ``mt_alpha``), where the student's drift reaches the prediction;
+* the stress group: ``tent-stress`` and ``petal-stress*`` at learning rate 1e-2 (PETAL with EMA 0.99), with and
+  without restoration and prior, where self-training drifts over the cycles unless held near the source.
 
 Run: ``python -m diffusekit.methods.tta.petal_study --out DIR [--cycles 10] [--quick]``; writes ``DIR/petal_study.json``
 and ``DIR/petal_study.png``.
@@ -26,13 +28,19 @@ import torch
 
 from .base import SourceModel, classification_metrics, run_stream
 
-__all__ = ["ABLATIONS", "run_petal_study", "main"]
+__all__ = ["ABLATIONS", "STRESS", "STRESS_LR", "run_petal_study", "main"]
 
 #: The PETAL variants of the study: name -> overrides of :class:`.petal.PETALAdapter`.
 ABLATIONS = {"petal": {}, "petal-no-restore": {"restore_quantile": 0.0}, "petal-no-prior": {"spw": 0.0},
              "petal-no-augavg": {"confidence_threshold": 0.0},
              "petal-ema0.99": {"ema": 0.99},
              "petal-ema0.99-no-restore-no-prior": {"ema": 0.99, "restore_quantile": 0.0, "spw": 0.0}}
+#: The stress group: ten times the learning rate (1e-2) for TENT and PETAL's student, and PETAL's teacher at EMA 0.99,
+#: where self-training drifts unless something holds the student near the source.
+STRESS_LR = 1e-2
+STRESS = {"petal-stress": {}, "petal-stress-no-restore": {"restore_quantile": 0.0},
+          "petal-stress-no-prior": {"spw": 0.0},
+          "petal-stress-no-restore-no-prior": {"restore_quantile": 0.0, "spw": 0.0}}
 
 
 class _StudentRecorder:
@@ -61,7 +69,7 @@ def _per_cycle_error(rows: list[dict], cycles: int) -> list[float]:
 
 
 def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, progress: bool = True):
-    """Run source, TENT, PETAL and its three ablations on the continual digits stream; returns
+    """Run source, TENT, PETAL, its ablations and the stress group on the continual digits stream; returns
     ``(result_dict, matplotlib_figure)``. ``quick``: 2 cycles of 100 images per domain and a 5-iterate SWAG."""
     import matplotlib
 
@@ -82,10 +90,13 @@ def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, pro
     base = petal.build(classifier, quick=quick, seed=seed)
     swag_seconds = time.perf_counter() - t0
     adapters = {"source": SourceModel(classifier), "tent": tent.build(classifier, seed=seed)}
-    for name, overrides in ABLATIONS.items():
+    stress = {"lr": STRESS_LR, "ema": 0.99}
+    for name, overrides in [*ABLATIONS.items(), *((k, {**stress, **v}) for k, v in STRESS.items())]:
         adapter = petal.PETALAdapter(classifier, *base.swag_posterior, seed=seed,
                                      **{"n_augment": base.n_augment, **overrides})
         adapters[name] = _StudentRecorder(adapter)
+        if name == "petal-no-augavg":
+            adapters["tent-stress"] = tent.build(classifier, seed=seed, lr=STRESS_LR)
     methods = {}
     for name, adapter in adapters.items():
         bar = tqdm(total=len(stream), desc=name, disable=not progress, leave=False)
@@ -107,15 +118,15 @@ def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, pro
               "swag_seconds": swag_seconds, "defaults": {k: getattr(base, k) for k in (
                   "ema", "confidence_threshold", "n_augment", "spw", "restore_quantile", "lr")},
               "methods": methods}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     x = list(range(1, cycles + 1))
     for name, e in methods.items():
-        axes[0].plot(x, e["per_cycle_error"], marker="o", label=name)
+        axes[1 if "stress" in name else 0].plot(x, e["per_cycle_error"], marker="o", label=name)
         if "student_per_cycle_error" in e:
-            axes[1].plot(x, e["student_per_cycle_error"], marker="o", label=f"{name} (student)")
-    axes[1].plot(x, methods["tent"]["per_cycle_error"], marker="o", color="k", alpha=0.5, label="tent")
+            axes[2].plot(x, e["student_per_cycle_error"], marker=".", label=f"{name} (student)")
     axes[0].set(xlabel="cycle", ylabel="error", title="prediction error per cycle (continual digits, sev. 5)")
-    axes[1].set(xlabel="cycle", ylabel="error", title="PETAL students (what prior and restore regularise)")
+    axes[1].set(xlabel="cycle", ylabel="error", title=f"stress: lr {STRESS_LR:g} (PETAL EMA 0.99)")
+    axes[2].set(xlabel="cycle", ylabel="error", title="PETAL students (what prior and restore regularise)")
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
