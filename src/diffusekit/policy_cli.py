@@ -31,7 +31,8 @@ ENV_ALIASES = {"point": "diffusekit/PointMassBimodal-v0", "pointmass": "diffusek
 def add_arguments(parser) -> None:
     """The ``policy train`` and ``policy eval`` sub-commands and their flags."""
     sub = parser.add_subparsers(dest="policy_command", required=True)
-    tr = sub.add_parser("train", help="fit a policy on scripted demonstrations")
+    fmt = parser.formatter_class  # defaults shown in --help, as for the other commands
+    tr = sub.add_parser("train", help="fit a policy on scripted demonstrations", formatter_class=fmt)
     tr.add_argument("--env", default="point", help="environment: a gymnasium id or alias (point, push)")
     tr.add_argument("--method", required=True, help="policy method (mse, diffusion, mode)")
     tr.add_argument("--out", required=True, help="checkpoint folder to write (model.safetensors, config.json)")
@@ -40,7 +41,7 @@ def add_arguments(parser) -> None:
     tr.add_argument("--seed", type=int, default=0, help="seed of the demonstrations and the training draws")
     tr.add_argument("--overwrite", action="store_true", help="replace the checkpoint files in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ev = sub.add_parser("eval", help="roll out a trained policy over seeded episodes")
+    ev = sub.add_parser("eval", help="roll out a trained policy over seeded episodes", formatter_class=fmt)
     ev.add_argument("--policy", required=True, help="checkpoint folder written by 'policy train'")
     ev.add_argument("--env", default=None, help="environment (default: the one the policy was trained on)")
     ev.add_argument("--method", default=None, help="method name (default: from the checkpoint; must match it)")
