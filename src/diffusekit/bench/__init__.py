@@ -82,7 +82,7 @@ def run_bench(name: str, *, out: str | Path = "bench_out", quick: bool = False, 
     The output location is checked before the bench starts (UserError when it cannot be written, or holds
     this bench's files and ``overwrite`` is false).
     """
-    from ..io import atomic_write_json
+    from ..io import atomic_write_bytes, atomic_write_json
     from ..plotting import _save_figure
 
     out = check_bench_output(name, out, overwrite=overwrite)
@@ -92,7 +92,10 @@ def run_bench(name: str, *, out: str | Path = "bench_out", quick: bool = False, 
               "seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(),
               "machine": platform.machine(), "torch": torch.__version__, **result}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{name}.json", result)
+    files = result.pop("files", None) or {}  # optional extra outputs {file name: bytes}, e.g. wav examples
+    atomic_write_json(out / f"{name}.json", {**result, "files": sorted(files)} if files else result)
+    for file_name, data in files.items():
+        atomic_write_bytes(out / Path(file_name).name, data)
     _save_figure(fig, out / f"{name}.png")
     return result
 
@@ -107,7 +110,8 @@ def _load_all() -> None:
     from . import pso, tadsr  # noqa: F401
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
-    for optional in ("tta", "difftpt", "tsdiff", "policy", "drive", "planner"):  # being written; imported once present
+    for optional in ("tta", "difftpt", "tsdiff", "policy", "drive", "planner",
+                     "prodiff"):  # being written; imported once present
         if importlib.util.find_spec(f"{__name__}.{optional}") is not None:
             importlib.import_module(f"{__name__}.{optional}")
 
