@@ -61,7 +61,7 @@ def _run(quick: bool):
     import matplotlib.pyplot as plt
 
     per_behaviour, steps, episodes, n_timing = (50, 400, 1, 4) if quick else (100, 1500, 5, 24)
-    sizes = {"diffuser": {"n_candidates": 8}, "trajectory_diffuser": {"n_candidates": 8}} if quick else {}
+    sizes = {"diffuser": {"n_candidates": 16}, "trajectory_diffuser": {"n_candidates": 8}} if quick else {}
     data = generate_maze_dataset(per_behaviour, seed=0)
     models, rows, paths = {}, {}, {}
     for method in bench_progress(PLANNER_METHODS, desc="planner: train + evaluate"):
