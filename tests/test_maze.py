@@ -50,6 +50,20 @@ def test_render_is_an_rgb_image_with_the_agent_drawn():
     assert tuple(img[y, x]) == (210, 50, 50)
 
 
+def test_episode_frames_become_a_gif(tmp_path):
+    from diffusekit.plotting import save_gif
+
+    env = PointMazeEnv()
+    env.reset(seed=0)
+    frames = []
+    for _ in range(5):
+        env.step([1.0, 0.0])
+        frames.append(env.draw_points(env.render(), [env.goal]))
+    assert tuple(frames[-1][int(env.goal[1] * 24), int(env.goal[0] * 24)]) == (40, 90, 220)
+    save_gif(frames, tmp_path / "maze.gif", fps=5)
+    assert (tmp_path / "maze.gif").read_bytes()[:3] == b"GIF"
+
+
 def test_layout_validation():
     with pytest.raises(ValueError, match="exactly one"):
         parse_layout(["###", "#.#", "###"])

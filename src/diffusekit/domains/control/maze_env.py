@@ -155,3 +155,12 @@ class PointMazeEnv(gym.Env):
         half = max(AGENT_RADIUS * ppc, 1.5)
         img[(np.abs(xx + 0.5 - ax) <= half) & (np.abs(yy + 0.5 - ay) <= half)] = (210, 50, 50)
         return img
+
+    def draw_points(self, img: np.ndarray, points, color=(40, 90, 220), radius: float = 0.06) -> np.ndarray:
+        """A copy of ``img`` (from ``render``) with dots at ``points`` ((K, 2) positions in cells), e.g. a plan."""
+        ppc = self.pixels_per_cell
+        out = img.copy()
+        yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+        for x, y in np.asarray(points, dtype=float).reshape(-1, 2):
+            out[(xx + 0.5 - x * ppc) ** 2 + (yy + 0.5 - y * ppc) ** 2 <= (radius * ppc) ** 2] = color
+        return out
