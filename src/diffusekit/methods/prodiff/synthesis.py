@@ -64,12 +64,13 @@ def vocode(mel: torch.Tensor, frames: int, *, n_iter: int = 32, seed: int = 0,
                        seed=seed)
 
 
-def f0_cents_error(wave: np.ndarray, reference: np.ndarray, config: MelConfig = DEFAULT_MEL) -> dict:
+def f0_cents_error(wave: np.ndarray, reference, config: MelConfig = DEFAULT_MEL) -> dict:
     """f0 error of ``wave`` against ``reference`` (same frame clock): pYIN both, and over frames voiced in both
     the mean of |1200 log2(f0 / f0_ref)| (cents), with the voicing decision error (fraction of frames where
-    exactly one is voiced). Returns {"cents", "voicing_error", "voiced_frames"} (cents NaN when none)."""
+    exactly one is voiced). ``reference``: a wave, or its ``f0_contour`` tuple (computed once, reused).
+    Returns {"cents", "voicing_error", "voiced_frames"} (cents NaN when none)."""
     f_a, v_a, _ = f0_contour(wave, config)
-    f_b, v_b, _ = f0_contour(reference, config)
+    f_b, v_b, _ = reference if isinstance(reference, tuple) else f0_contour(reference, config)
     n = min(len(f_a), len(f_b))
     f_a, v_a, f_b, v_b = f_a[:n], v_a[:n], f_b[:n], v_b[:n]
     both = v_a & v_b & np.isfinite(f_a) & np.isfinite(f_b)
