@@ -15,20 +15,19 @@ reset) and reports the pooled error / Brier / NLL, the error of every cycle, and
 * the stress group: ``tent-stress`` and ``petal-stress*`` at learning rate 1e-2 (PETAL with EMA 0.99), with and
   without restoration and prior, where self-training drifts over the cycles unless held near the source.
 
-Run: ``python -m diffusekit.methods.tta.petal_study --out DIR [--cycles 10] [--quick]``; writes ``DIR/petal_study.json``
-and ``DIR/petal_study.png``.
+Run: ``diffusekit bench petal [--quick] --out DIR`` (writes ``DIR/petal.json`` and ``DIR/petal.png``).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from .base import SourceModel, classification_metrics, run_stream
+from ..methods.tta.base import SourceModel, classification_metrics, run_stream
+from . import bench_progress, register_bench
 
-__all__ = ["ABLATIONS", "STRESS", "STRESS_LR", "run_petal_study", "main"]
+__all__ = ["ABLATIONS", "STRESS", "STRESS_LR", "run_petal_study", "run"]
 
 #: The PETAL variants of the study: name -> overrides of :class:`.petal.PETALAdapter`.
 ABLATIONS = {"petal": {}, "petal-no-restore": {"restore_quantile": 0.0}, "petal-no-prior": {"spw": 0.0},
@@ -68,18 +67,16 @@ def _per_cycle_error(rows: list[dict], cycles: int) -> list[float]:
     return out
 
 
-def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, progress: bool = True):
+def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0):
     """Run source, TENT, PETAL, its ablations and the stress group on the continual digits stream; returns
     ``(result_dict, matplotlib_figure)``. ``quick``: 2 cycles of 100 images per domain and a 5-iterate SWAG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tqdm import tqdm
-
-    from ... import zoo
-    from ...data.shift_streams import continual_stream
-    from . import petal, tent
+    from .. import zoo
+    from ..data.shift_streams import continual_stream
+    from ..methods.tta import petal, tent
 
     torch.set_num_threads(1)
     if quick:
@@ -99,7 +96,7 @@ def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, pro
             adapters["tent-stress"] = tent.build(classifier, seed=seed, lr=STRESS_LR)
     methods = {}
     for name, adapter in adapters.items():
-        bar = tqdm(total=len(stream), desc=name, disable=not progress, leave=False)
+        bar = bench_progress(total=len(stream), desc=name)
         result = run_stream(adapter, stream, progress=lambda i, err, bar=bar: bar.update(1))
         bar.close()
         entry = {**result.totals(), "per_cycle_error": _per_cycle_error(result.batches, cycles)}
@@ -134,32 +131,8 @@ def run_petal_study(*, cycles: int = 10, quick: bool = False, seed: int = 0, pro
     return result, fig
 
 
-def main(argv=None) -> int:
-    """``python -m diffusekit.methods.tta.petal_study --out DIR``: write the study's JSON and PNG to DIR."""
-    from pathlib import Path
-
-    from ...io import atomic_write, atomic_write_json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder (petal_study.json, petal_study.png)")
-    parser.add_argument("--cycles", type=int, default=10, help="passes over the corruption cycle (default 10)")
-    parser.add_argument("--quick", action="store_true", help="2 cycles, 100 images per domain, 5-iterate SWAG")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.cycles < 1:
-        parser.error("--cycles must be >= 1")
-    t0 = time.perf_counter()
-    result, fig = run_petal_study(cycles=args.cycles, quick=args.quick, seed=args.seed,
-                                  progress=not args.no_progress)
-    result["seconds"] = time.perf_counter() - t0
-    out = Path(args.out)
-    atomic_write_json(out / "petal_study.json", result)
-    atomic_write(out / "petal_study.png", lambda p: fig.savefig(p, format="png", dpi=110))
-    print(result["summary"])
-    print(f"{result['seconds']:.0f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+@register_bench("petal", "PETAL vs TENT vs source on the lifelong digits stream (10 cycles), PETAL's ablations and a "
+                "stress group (lr 1e-2)")
+def run(quick: bool):
+    """The bench entry: :func:`run_petal_study` with the shared bench progress switch."""
+    return run_petal_study(quick=quick)
