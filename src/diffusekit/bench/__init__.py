@@ -112,7 +112,7 @@ def _load_all() -> None:
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
     from . import dda, difftpt, drive, petal, policy, tta  # noqa: F401
     for optional in ("tsdiff", "planner",
-                     "prodiff"):  # being written; imported once present
+                     "prodiff", "auffusion", "makeanaudio2"):  # being written; imported once present
         if importlib.util.find_spec(f"{__name__}.{optional}") is not None:
             importlib.import_module(f"{__name__}.{optional}")
 

@@ -3,7 +3,7 @@
 Data: 2-s single-event clips (``text2audio.pitched_clip``: tones at 200 / 300 / 450 / 675 Hz captioned "a steady
 tone at 300 hz", rising and falling chirps, noise bursts) as (64 mels x 32 frames of 60 ms) images in [-1, 1].
 Model: ``methods.auffusion``'s text-conditioned 2-D UNet (base 16, mults (1, 2, 2), cross-attention to a frozen
-text encoder), eps prediction on the linear VP schedule, caption dropout 0.1, AdamW lr 2e-3, batch 32. One model is
+text encoder), eps prediction on the linear VP schedule, caption dropout 0.1, AdamW lr 2e-3, batch 16. One model is
 trained; the claim is measured on it with and without classifier-free guidance (w = 1: the conditional model, the
 baseline; w = 3 (and 5 in the full run): CFG), DDIM 20 steps, Griffin-Lim 32 iterations.
 
@@ -24,13 +24,15 @@ import time
 
 import numpy as np
 
-from ..domains.audio.text2audio import (FRAME_SECONDS, FRAMES, TONE_PITCHES_HZ, image_to_wave, pitched_caption,
-                                        pitched_clips, real_time_factor, write_examples)
+from ..domains.audio.text2audio import (FRAME_SECONDS, FRAMES, TONE_PITCHES_HZ, example_files, image_to_wave,
+                                        pitched_caption, pitched_clips, real_time_factor)
 from ..methods.auffusion import MelKindClassifier, cents_error, f0_summary, generate_audio, train_auffusion
 from . import bench_progress, register_bench
 
-BUDGETS = {True: {"train_clips": 384, "steps": 300, "repeats": 1, "guidance": (1.0, 3.0), "sample_steps": 15},
-           False: {"train_clips": 1536, "steps": 1500, "repeats": 3, "guidance": (1.0, 3.0, 5.0), "sample_steps": 20}}
+BUDGETS = {True: {"train_clips": 256, "steps": 200, "batch_size": 16, "repeats": 1, "guidance": (1.0, 3.0),
+                  "sample_steps": 10},
+           False: {"train_clips": 1024, "steps": 1500, "batch_size": 16, "repeats": 2, "guidance": (1.0, 3.0, 5.0),
+                   "sample_steps": 20}}
 
 
 def requests(repeats: int) -> list[tuple[str, float | None]]:
@@ -56,8 +58,8 @@ def measure(waves, images, reqs, classifier: MelKindClassifier) -> dict:
             "kind_accuracy": float(np.mean([p == k for p, (k, _) in zip(predicted, reqs)]))}
 
 
-def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
-    """The bench; ``examples_dir`` (optional) receives a few generated wavs and a spectrogram PNG per guidance."""
+def run_auffusion(quick: bool) -> tuple[dict, object]:
+    """The bench; the full run also returns a few generated wavs and a spectrogram PNG per guidance (``files``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +68,7 @@ def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
     b = BUDGETS[quick]
     images, captions, events = pitched_clips(b["train_clips"], seed=0)
     classifier = MelKindClassifier().fit(images, [e.kind for e in events])
-    denoiser, info = train_auffusion(images, captions, steps=b["steps"], seed=0)
+    denoiser, info = train_auffusion(images, captions, steps=b["steps"], batch_size=b["batch_size"], seed=0)
     reqs = requests(b["repeats"])
     texts = [pitched_caption(k, f) for k, f in reqs]
 
@@ -74,7 +76,7 @@ def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
     real_reqs = [(e.kind, e.params.get("f0")) for e in test_events]
     real_waves = [image_to_wave(img[0].numpy(), seed=i) for i, img in enumerate(test_images)]
     table = {"real": measure(real_waves, test_images, real_reqs, classifier)}
-    shown = {}
+    shown, files = {}, {}
     for w in bench_progress(b["guidance"], desc="auffusion: guidance"):
         t0 = time.perf_counter()
         gen_images, waves = generate_audio(denoiser, texts, guidance=w, steps=b["sample_steps"], seed=0)
@@ -82,11 +84,11 @@ def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
         row = measure(waves, gen_images, reqs, classifier)
         row["rtf"] = real_time_factor(seconds, len(texts), FRAMES * FRAME_SECONDS)
         table[f"w={w:g}"] = row
-        pick = list(range(0, len(TONE_PITCHES_HZ) * 4, 2))
+        pick = list(range(0, len(TONE_PITCHES_HZ) * 4, 3))
         shown[w] = gen_images[pick]
-        if examples_dir is not None:
-            write_examples(examples_dir, f"auffusion_w{w:g}", gen_images[pick], [waves[i] for i in pick],
-                           [texts[i] for i in pick])
+        if not quick:
+            files.update(example_files(f"auffusion_w{w:g}", gen_images[pick], [waves[i] for i in pick],
+                                       [texts[i] for i in pick]))
 
     base, cfg = table["w=1"], table["w=3"]
     summary = (f"Auffusion (mel-image UNet + text cross-attention), {info['steps']} steps: kind acc "
@@ -100,7 +102,7 @@ def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
         strip = np.concatenate([np.asarray(i[0]) for i in imgs], axis=1)
         ax.imshow(strip, origin="lower", aspect="auto", cmap="magma", vmin=-1, vmax=1)
         ax.set_title(f"generated mels, w={w:g}\n" + ", ".join(texts[i].replace("a steady tone at ", "")
-                                                                 for i in range(0, len(TONE_PITCHES_HZ) * 4, 2)),
+                                                                 for i in range(0, len(TONE_PITCHES_HZ) * 4, 3)),
                      fontsize=6)
         ax.set_yticks([])
         ax.set_xticks([])
@@ -114,7 +116,7 @@ def run_auffusion(quick: bool, examples_dir=None) -> tuple[dict, object]:
     fig.tight_layout()
     result = {"summary": summary, "table": table, "train": info, "budgets": {k: list(v) if isinstance(v, tuple) else v
                                                                              for k, v in b.items()},
-              "requests": len(reqs)}
+              "requests": len(reqs), "files": files}
     return result, fig
 
 

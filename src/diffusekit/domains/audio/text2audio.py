@@ -32,7 +32,7 @@ from .features import SAMPLE_RATE, griffin_lim, mel_image
 __all__ = ["TIME_POOL", "FRAMES", "FRAME_SECONDS", "CLIP_SECONDS", "TONE_PITCHES_HZ", "PITCHED_KINDS",
            "compact_mel_image", "image_to_wave", "pitched_caption", "pitched_clip", "pitched_clips",
            "unordered_caption", "audio_vocabulary", "audio_tokenizer", "frozen_text_encoder", "train_net",
-           "real_time_factor", "write_examples"]
+           "real_time_factor", "example_files"]
 
 TIME_POOL = 6
 FRAMES = 32
@@ -178,11 +178,10 @@ def real_time_factor(seconds: float, clips: int, clip_seconds: float = FRAMES * 
     return float(seconds) / max(clips * clip_seconds, 1e-12)
 
 
-def write_examples(out_dir, name: str, images, waves, captions: list[str]) -> list[str]:
-    """Write ``out_dir/NAME_i.wav`` (16-bit PCM, 16 kHz) and one spectrogram PNG ``out_dir/NAME_mels.png`` (the
-    mel images with their captions) through the atomic writers; returns the written file names."""
+def example_files(name: str, images, waves, captions: list[str]) -> dict[str, bytes]:
+    """{"NAME_i.wav": 16-bit PCM at 16 kHz, "NAME_mels.png": the mel images titled by their captions} as bytes, for
+    a bench's optional ``files`` (``bench.run_bench`` writes them next to its JSON)."""
     import io
-    from pathlib import Path
 
     import matplotlib
 
@@ -190,16 +189,11 @@ def write_examples(out_dir, name: str, images, waves, captions: list[str]) -> li
     import matplotlib.pyplot as plt
     from scipy.io import wavfile
 
-    from ...io import atomic_write_bytes
-    from ...plotting import _save_figure
-
-    out = Path(out_dir)
-    written = []
+    files = {}
     for i, wave in enumerate(waves):
         buf = io.BytesIO()
         wavfile.write(buf, SAMPLE_RATE, (np.clip(wave, -1, 1) * 32767).astype(np.int16))
-        atomic_write_bytes(out / f"{name}_{i}.wav", buf.getvalue())
-        written.append(f"{name}_{i}.wav")
+        files[f"{name}_{i}.wav"] = buf.getvalue()
     n = len(captions)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
     for ax, img, caption in zip(axes[0], images, captions):
@@ -207,7 +201,8 @@ def write_examples(out_dir, name: str, images, waves, captions: list[str]) -> li
         ax.set_title(caption, fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
-    _save_figure(fig, out / f"{name}_mels.png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    written.append(f"{name}_mels.png")
-    return written
+    files[f"{name}_mels.png"] = buf.getvalue()
+    return files
