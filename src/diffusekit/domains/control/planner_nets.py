@@ -1,8 +1,8 @@
 """Shared pieces of the maze planners (Diffuser, arXiv 2205.09991; Trajectory Diffuser, arXiv 2407.16142).
 
 * ``LimitsNormalizer``: states to [-1, 1] per dimension by the dataset's min/max (Diffuser's normaliser).
-* ``InverseDynamics``: MLP (s_t, s_{t+1}) -> a_t (Ajay et al. 2023's decision diffuser and Trajectory Diffuser; here
-  also Diffuser's action source, since our trajectories hold states only).
+* ``InverseDynamics``: MLP (s_t, s_{t+1}) -> a_t (Ajay et al. 2023, Decision Diffuser, arXiv 2211.15657, and
+  Trajectory Diffuser; here also Diffuser's action source, since our trajectories hold states only).
 * ``TemporalValue``: V(tau_n, n), a 1-D conv net over a noisy state trajectory, Diffuser's value function (sec. 3.3).
 * ``Critic``: Q(s, a) regressed to the return-to-go (Trajectory Diffuser's candidate selector).
 * ``ARGenerator``: a GRU predicting (s_{k+1}, R_{k+1}) from the prefix (Trajectory Diffuser's feasible-trajectory
