@@ -191,9 +191,10 @@ def _figure(result: dict):
     axes[1].legend(fontsize=7)
     for n in names:
         for method, ls in (("refine_ml", "-"), ("refine_langevin", "--")):
-            axes[2].plot(result["datasets"][n]["methods"][method]["crps_by_iteration"], ls, label=f"{n} {method}")
+            curve = np.asarray(result["datasets"][n]["methods"][method]["crps_by_iteration"])
+            axes[2].plot(curve / curve[0], ls, label=f"{n} {method}")
     axes[2].set_xlabel("refinement iteration")
-    axes[2].set_title("CRPS of refined seasonal-naive forecasts", fontsize=9)
+    axes[2].set_title("CRPS of refined seasonal-naive forecasts / CRPS of seasonal naive", fontsize=9)
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig
