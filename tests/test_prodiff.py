@@ -14,8 +14,8 @@ from diffusekit.domains.audio.speech import load_speech_corpus
 from diffusekit.domains.audio.tts import (PhonemeVocabulary, frame_durations, frame_phoneme_index, length_regulate,
                                           split_by_text)
 from diffusekit.methods.distill.progressive import ddim_step, progressive_target
-from diffusekit.methods.prodiff import (ProDiffDistillationLoss, ProDiffTTS, crop_frames, masked_l1, mel_l1,
-                                        prodiff_denoiser, regulated_condition, synthesize)
+from diffusekit.methods.prodiff import (ProDiffDistillationLoss, ProDiffTeacherLoss, ProDiffTTS, crop_frames,
+                                        masked_l1, mel_l1, prodiff_denoiser, regulated_condition, synthesize)
 from diffusekit.samplers import sample_ddim
 
 SCHEDULE = VPLinear(0.1, 40.0)
@@ -210,3 +210,29 @@ def test_bench_prodiff_quick_distillation_direction(tmp_path):
     assert tab["student@1"]["l1_to_teacher4"] < tab["teacher@1"]["l1_to_teacher4"]
     # the duration predictor learned the utterance lengths (text-only synthesis relies on it)
     assert 0.75 < r["durations"]["total_length_ratio"] < 1.25
+
+
+def test_teacher_loss_rebuilt_from_its_draws():
+    model = tiny_model(3)
+    phonemes, durations, style = tiny_batch()
+    frames = durations.sum(1)
+    mel = torch.rand(3, 8, int(frames.max())) * 2 - 1
+    batch = (mel, phonemes, durations, frames, style)
+    for prediction in ("x0", "eps"):
+        loss_fn = ProDiffTeacherLoss(SCHEDULE, TS4, window=6, prediction=prediction, duration_weight=0.5)
+        with torch.no_grad():
+            loss = loss_fn(model, batch, torch.Generator().manual_seed(9))
+            g = torch.Generator().manual_seed(9)
+            ids, x0 = crop_frames(mel, frames, 6, g)
+            cond, mask, log_d = model.condition(phonemes, style, durations, ids)
+            t = TS4[:-1][torch.randint(0, 4, (3,), generator=g)]  # the teacher's noisy grid points
+            eps = torch.randn(x0.shape, generator=g)
+            out = prodiff_denoiser(model, SCHEDULE, prediction).raw(SCHEDULE.add_noise(x0, t, eps), t,
+                                                                   condition=cond, mask=mask)
+            pm = phonemes.ne(0).float()
+            dur = ((log_d - torch.log1p(durations.float())) ** 2 * pm).sum(1) / pm.sum(1)
+        torch.testing.assert_close(loss, masked_l1(out, x0 if prediction == "x0" else eps, mask) + 0.5 * dur)
+    with pytest.raises(ValueError, match="prediction"):
+        ProDiffTeacherLoss(SCHEDULE, TS4, prediction="v")
+    with pytest.raises(ValueError, match="time_sampling"):
+        ProDiffTeacherLoss(SCHEDULE, TS4, time_sampling="uniform")

@@ -1,6 +1,7 @@
 """ProDiff (Huang et al. 2022, arXiv 2207.06389): a 4-step x0-parameterised diffusion TTS teacher on the espeak-ng
 corpus, distilled to 2 and 1 steps with the two-teacher-DDIM-step target, against the teacher run at 2 and 1 steps
-without distillation (and, in the full run, a continuous-time twin sampled by 50-step DDPM).
+without distillation (and, in the full run, continuous-time twins with the x0 and with the eps parameterisation,
+sampled by 4-step DDIM on the teacher's grid and by 50-step DDPM).
 
 Data: ``load_speech_corpus()`` (240 utterances), split by text (10% of the distinct texts held out with all their
 utterances, seed 0); 64-mel images in [-1, 1], phoneme durations converted to frames (``domains.audio.tts``). The
@@ -8,7 +9,8 @@ model (``methods.prodiff``): phoneme encoder (2 transformer blocks) + voice / ra
 predictor, WaveNet denoiser (full: 48 channels, 6 layers; quick: 32, 4), VP schedule with beta 0.1 -> 40 (ProDiff's),
 teacher grid t = 1, 0.75, 0.5, 0.25, 0 (the same alphas as ProDiff's 4 discrete steps). Budgets (optimizer steps,
 batch 16, 48-frame windows, AdamW, no EMA): teacher 1500 (quick 150) at lr 2e-3; each distillation round 600
-(quick 60) at lr 5e-4; the DDPM twin 1500 steps (full run only).
+(quick 60) at lr 5e-4; each continuous-time twin 1500 steps (full run only; t ~ U(t_min, 1), the eps twin trained
+with L1 on eps as DiffSpeech).
 
 Measured on the held-out utterances with ground-truth durations (so frames align with the reference): mel L1
 ([-1, 1] units), L1 to the teacher's 4-step mel from the same noise (what distillation targets), spectral detail
@@ -84,7 +86,7 @@ def _run(quick: bool):
         return ProDiffTTS(len(vocab), (len(VOICES), len(RATES), len(PITCHES)), hidden=size["hidden"],
                           channels=size["channels"], layers=size["layers"])
 
-    stages = bench_progress(total=4 if size["ddpm_steps"] else 3, desc="prodiff: training")
+    stages = bench_progress(total=5 if size["ddpm_steps"] else 3, desc="prodiff: training")
     teacher = new_model(0)
     train_teacher(teacher, schedule, ts4, train.data(), _config(size["teacher_steps"], TEACHER_LR, 0), window=WINDOW)
     stages.update()
@@ -94,23 +96,26 @@ def _run(quick: bool):
     s1 = distill_student(s2.model, schedule, s2.ts, train.data(), _config(size["distill_steps"], DISTILL_LR, 2),
                          window=WINDOW)
     stages.update()
-    runs = {"teacher@4": (teacher, ts4, "ddim"), "teacher@2": (teacher, ts4[::2], "ddim"),
-            "teacher@1": (teacher, ts4[::4], "ddim"), "student@2": (s2.model, s2.ts, "ddim"),
-            "student@1": (s1.model, s1.ts, "ddim")}
-    if size["ddpm_steps"]:
-        twin = new_model(0)
-        train_teacher(twin, schedule, ts4, train.data(), _config(size["ddpm_steps"], TEACHER_LR, 0), window=WINDOW,
-                      time_sampling="continuous")
-        runs["ddpm@50"] = (twin, torch.linspace(1.0, 0.0, 51, dtype=torch.float64), "ddpm")
-        stages.update()
+    runs = {"teacher@4": (teacher, ts4, "ddim", "x0"), "teacher@2": (teacher, ts4[::2], "ddim", "x0"),
+            "teacher@1": (teacher, ts4[::4], "ddim", "x0"), "student@2": (s2.model, s2.ts, "ddim", "x0"),
+            "student@1": (s1.model, s1.ts, "ddim", "x0")}
+    if size["ddpm_steps"]:  # continuous-time twins: x0 (ProDiff) and eps (DiffSpeech) parameterisation
+        ts50 = torch.linspace(1.0, 0.0, 51, dtype=torch.float64)
+        for prediction in ("x0", "eps"):
+            twin = new_model(0)
+            train_teacher(twin, schedule, ts4, train.data(), _config(size["ddpm_steps"], TEACHER_LR, 0),
+                          window=WINDOW, time_sampling="continuous", prediction=prediction)
+            runs[f"{prediction}-cont@4"] = (twin, ts4, "ddim", prediction)
+            runs[f"{prediction}-cont ddpm@50"] = (twin, ts50, "ddpm", prediction)
+            stages.update()
     stages.close()
 
     # mel generation with ground-truth durations, same starting noise for every method
     mels = {}
-    for name, (model, ts, sampler) in runs.items():
+    for name, (model, ts, sampler, prediction) in runs.items():
         g = torch.Generator().manual_seed(123)
         mels[name], _ = synthesize(model, schedule, ts, test.phonemes, test.style, durations=test.durations,
-                                   sampler=sampler, generator=g)
+                                   sampler=sampler, generator=g, prediction=prediction)
     ref_detail = spectral_detail(test.mel, test.frames).mean()
     n_f0 = len(test) if size["f0_utterances"] is None else size["f0_utterances"]
     hop, rate = MelConfig().hop_length, MelConfig().sample_rate
@@ -126,11 +131,11 @@ def _run(quick: bool):
                "f0_cents": float(np.mean(cents)) if cents else float("nan"),
                "voicing_error": float(np.mean([r["voicing_error"] for r in f0]))}
         if name in runs:
-            model, ts, sampler = runs[name]
+            model, ts, sampler, prediction = runs[name]
             row["nfe"] = len(ts) - 1
             row.update({f"rtf_{k}" if k != "rtf" else "rtf": v for k, v in real_time_factor(
                 model, schedule, ts, test.phonemes[:size["rtf_utterances"]], test.style[:size["rtf_utterances"]],
-                sampler=sampler).items()})
+                sampler=sampler, prediction=prediction).items()})
         table[name] = row
 
     # duration predictor on the test texts (text-only synthesis uses it)

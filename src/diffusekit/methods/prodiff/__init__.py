@@ -9,10 +9,10 @@ round N -> N/2 on the two-teacher-DDIM-step target (reusing ``methods.distill.pr
 
 from .model import DurationPredictor, PhonemeEncoder, ProDiffTTS, WaveNetDenoiser, regulated_condition
 from .synthesis import SAMPLERS, f0_cents_error, mel_l1, real_time_factor, synthesize, vocode
-from .training import (TIME_SAMPLING, DistilledTTS, ProDiffDistillationLoss, ProDiffTeacherLoss, crop_frames,
-                       distill_student, masked_l1, prodiff_denoiser, train_teacher)
+from .training import (PREDICTIONS, TIME_SAMPLING, DistilledTTS, ProDiffDistillationLoss, ProDiffTeacherLoss,
+                       crop_frames, distill_student, masked_l1, prodiff_denoiser, train_teacher)
 
 __all__ = ["DistilledTTS", "DurationPredictor", "PhonemeEncoder", "ProDiffDistillationLoss", "ProDiffTTS",
-           "ProDiffTeacherLoss", "SAMPLERS", "TIME_SAMPLING", "WaveNetDenoiser", "crop_frames", "distill_student",
-           "f0_cents_error", "masked_l1", "mel_l1", "prodiff_denoiser", "real_time_factor", "regulated_condition",
-           "synthesize", "train_teacher", "vocode"]
+           "ProDiffTeacherLoss", "PREDICTIONS", "SAMPLERS", "TIME_SAMPLING", "WaveNetDenoiser", "crop_frames",
+           "distill_student", "f0_cents_error", "masked_l1", "mel_l1", "prodiff_denoiser", "real_time_factor",
+           "regulated_condition", "synthesize", "train_teacher", "vocode"]

@@ -24,10 +24,11 @@ DEFAULT_MEL = MelConfig()
 @torch.no_grad()
 def synthesize(model: ProDiffTTS, schedule, ts, phonemes: torch.Tensor, style: torch.Tensor, *,
                durations: torch.Tensor | None = None, sampler: str = "ddim",
-               generator: torch.Generator | None = None):
+               generator: torch.Generator | None = None, prediction: str = "x0"):
     """Mel images for a batch of phoneme sequences: encode, length-regulate by ``durations`` (ground truth, frames)
     or, when None, by the duration predictor's round(exp(log(1 + d)) - 1), draw x_T ~ N(0, I) and run DDIM (eta 0)
-    or DDPM ancestral sampling on ``ts`` with the x0-predicting denoiser (len(ts) - 1 NFE). Returns
+    or DDPM ancestral sampling on ``ts`` with the x0-predicting (or ``prediction="eps"``) denoiser
+    (len(ts) - 1 NFE). Returns
     (mel (B, n_mels, F) clamped to [-1, 1], padded frames -1; frames (B,) long)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
@@ -40,7 +41,7 @@ def synthesize(model: ProDiffTTS, schedule, ts, phonemes: torch.Tensor, style: t
     frames = durations.sum(1)
     n_mels = model.config["n_mels"]
     x = torch.randn((phonemes.shape[0], n_mels, cond.shape[-1]), generator=generator)
-    den = prodiff_denoiser(model, schedule)
+    den = prodiff_denoiser(model, schedule, prediction)
     run = sample_ddim if sampler == "ddim" else sample_ddpm
     mel = run(den, x, ts, cond={"condition": cond, "mask": mask}, generator=generator)
     mel = torch.where(mask.bool(), mel.clamp(-1, 1), torch.full_like(mel, -1.0))
@@ -79,7 +80,8 @@ def f0_cents_error(wave: np.ndarray, reference, config: MelConfig = DEFAULT_MEL)
 
 
 def real_time_factor(model: ProDiffTTS, schedule, ts, phonemes: torch.Tensor, style: torch.Tensor, *,
-                     sampler: str = "ddim", seed: int = 0, config: MelConfig = DEFAULT_MEL) -> dict:
+                     sampler: str = "ddim", seed: int = 0, config: MelConfig = DEFAULT_MEL,
+                     prediction: str = "x0") -> dict:
     """RTF of mel generation from text on ONE torch thread: the wall time of synthesising each utterance alone
     (batch 1, predicted durations) summed, over the summed audio seconds it produced (frames * hop / rate).
     Returns {"rtf", "seconds", "audio_seconds"} (Griffin-Lim excluded)."""
@@ -91,7 +93,8 @@ def real_time_factor(model: ProDiffTTS, schedule, ts, phonemes: torch.Tensor, st
             p = phonemes[b:b + 1, :int(phonemes[b].ne(0).sum())]
             g = torch.Generator().manual_seed(seed + b)
             t0 = time.perf_counter()
-            _, frames = synthesize(model, schedule, ts, p, style[b:b + 1], sampler=sampler, generator=g)
+            _, frames = synthesize(model, schedule, ts, p, style[b:b + 1], sampler=sampler, generator=g,
+                                   prediction=prediction)
             seconds += time.perf_counter() - t0
             audio += float(frames[0]) * config.hop_length / config.sample_rate
     finally:

@@ -4,9 +4,11 @@ Teacher: an x0-parameterised diffusion TTS model trained with
 
     L_teacher = mean_mask |x0_theta(x_t, t, c) - x0| + lambda_d mean_phonemes (logd_hat - log(1 + d))^2,
 
-x_t = alpha_t x0 + sigma_t eps, t drawn from the teacher's N-step grid (ProDiff trains its teacher on N = 4
-discrete steps; ``time_sampling="continuous"`` draws t ~ U(t_min, 1) instead, the many-step DDPM reference), c the
-length-regulated encoder output with ground-truth durations (FastSpeech 2's teacher forcing).
+x_t = alpha_t x0 + sigma_t eps, t drawn from the teacher's N-step grid (ProDiff trains its teacher on N = 4 discrete
+steps; ``time_sampling="continuous"`` draws t ~ U(t_min, 1) instead, the many-step DDPM reference), c the
+length-regulated encoder output with ground-truth durations (FastSpeech 2's teacher forcing). With
+``prediction="eps"`` the network predicts eps and the first term is mean_mask |eps_theta - eps| (DiffSpeech's
+parameterisation, the baseline ProDiff Sec. 3.1 argues needs many steps).
 
 Student (knowledge distillation, ProDiff Alg. 1): initialised from the teacher, encoder frozen, trained on the
 two-teacher-DDIM-step target of progressive distillation (Salimans & Ho 2022, arXiv 2202.00512, Alg. 2),
@@ -32,15 +34,17 @@ from ...training.trainer import TrainConfig, Trainer
 from ..distill.progressive import progressive_target
 from .model import ProDiffTTS
 
-__all__ = ["TIME_SAMPLING", "crop_frames", "masked_l1", "ProDiffTeacherLoss", "ProDiffDistillationLoss",
+__all__ = ["PREDICTIONS", "TIME_SAMPLING", "crop_frames", "masked_l1", "ProDiffTeacherLoss", "ProDiffDistillationLoss",
            "train_teacher", "distill_student", "prodiff_denoiser", "DistilledTTS"]
 
 TIME_SAMPLING = ("grid", "continuous")
+PREDICTIONS = ("x0", "eps")
 
 
-def prodiff_denoiser(model: ProDiffTTS, schedule) -> NetworkDenoiser:
-    """The model as a core Denoiser (x0 prediction, no input scaling); pass ``condition=`` and ``mask=``."""
-    return NetworkDenoiser(model, schedule, "x0", scale_input=False)
+def prodiff_denoiser(model: ProDiffTTS, schedule, prediction: str = "x0") -> NetworkDenoiser:
+    """The model as a core Denoiser (x0 prediction unless told, no input scaling); pass ``condition=`` and
+    ``mask=``."""
+    return NetworkDenoiser(model, schedule, prediction, scale_input=False)
 
 
 def crop_frames(mel: torch.Tensor, frames: torch.Tensor, window: int, generator: torch.Generator | None):
@@ -66,7 +70,9 @@ class ProDiffTeacherLoss:
     """``Trainer`` loss of the teacher (see the module docstring); batch = TTSTensors.data() rows."""
 
     def __init__(self, schedule, ts_teacher, *, window: int = 48, duration_weight: float = 1.0,
-                 time_sampling: str = "grid"):
+                 time_sampling: str = "grid", prediction: str = "x0"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         if time_sampling not in TIME_SAMPLING:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; allowed: {', '.join(TIME_SAMPLING)}")
         self.schedule = schedule
@@ -74,6 +80,7 @@ class ProDiffTeacherLoss:
         self.window = int(window)
         self.duration_weight = float(duration_weight)
         self.time_sampling = time_sampling
+        self.prediction = prediction
 
     def sample_times(self, b: int, generator) -> torch.Tensor:
         if self.time_sampling == "grid":  # the noisy grid points (the last point is the data)
@@ -89,10 +96,15 @@ class ProDiffTeacherLoss:
         t = self.sample_times(mel.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator)
         z = self.schedule.add_noise(x0, t, eps)
-        x0_hat = prodiff_denoiser(net, self.schedule).denoise(z, t, condition=cond, mask=mask)
+        if self.prediction == "x0":
+            diffusion = masked_l1(prodiff_denoiser(net, self.schedule).denoise(z, t, condition=cond, mask=mask), x0,
+                                  mask)
+        else:
+            eps_hat = prodiff_denoiser(net, self.schedule, "eps").raw(z, t, condition=cond, mask=mask)
+            diffusion = masked_l1(eps_hat, eps, mask)
         pmask = phonemes.ne(0).to(log_d.dtype)
         dur = (((log_d - torch.log1p(durations.to(log_d.dtype))) ** 2) * pmask).sum(1) / pmask.sum(1).clamp(min=1)
-        return masked_l1(x0_hat, x0, mask) + self.duration_weight * dur
+        return diffusion + self.duration_weight * dur
 
 
 class ProDiffDistillationLoss:
@@ -126,14 +138,15 @@ class ProDiffDistillationLoss:
 
 
 def train_teacher(model: ProDiffTTS, schedule, ts_teacher, data, config: TrainConfig, *, window: int = 48,
-                  time_sampling: str = "grid", duration_weight: float = 1.0) -> dict:
+                  time_sampling: str = "grid", duration_weight: float = 1.0, prediction: str = "x0") -> dict:
     """Train ``model`` in place with :class:`ProDiffTeacherLoss` for ``config.steps`` optimizer steps on ``data``
     (``TTSTensors.data()``); returns the trainer history. Use ``config.ema_decay=None`` for short runs."""
     loss = ProDiffTeacherLoss(schedule, ts_teacher, window=window, time_sampling=time_sampling,
-                              duration_weight=duration_weight)
+                              duration_weight=duration_weight, prediction=prediction)
     model.train()
     history = Trainer(model, loss, tuple(data), config,
-                      extra_config={"method": "prodiff_teacher", "time_sampling": time_sampling}).fit()
+                      extra_config={"method": "prodiff_teacher", "time_sampling": time_sampling,
+                                    "prediction": prediction}).fit()
     model.eval()
     return history
 
