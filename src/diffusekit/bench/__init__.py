@@ -110,9 +110,8 @@ def _load_all() -> None:
     from . import pso, tadsr  # noqa: F401
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
-    from . import dda, difftpt, drive, petal, policy, tta  # noqa: F401
-    for optional in ("tsdiff", "planner",
-                     "prodiff", "auffusion", "makeanaudio2"):  # being written; imported once present
+    from . import dda, difftpt, drive, petal, planner, policy, tsdiff, tta  # noqa: F401
+    for optional in ("prodiff", "auffusion", "makeanaudio2"):  # being written; imported once present
         if importlib.util.find_spec(f"{__name__}.{optional}") is not None:
             importlib.import_module(f"{__name__}.{optional}")
 
