@@ -110,6 +110,10 @@ def test_our_pinball_crps_matches_gluonts():
     ours = pinball_crps(samples, truth)
     theirs = gluonts_metrics(samples, truth)["crps"]
     assert abs(ours - theirs) < 0.02 * theirs
+    # per lead time: a forecast whose error grows with the horizon scores worse further out
+    drift = truth[None] + np.linspace(0, 3, 12) * rng.normal(size=(200, 3, 2, 12))
+    by_step = gluonts_metrics(drift, truth)["crps_by_horizon"]
+    assert len(by_step) == 12 and by_step[0] < by_step[5] < by_step[11]
     # a sharper, correct forecast scores better
     assert gluonts_metrics(truth[None] + 0.1 * rng.normal(size=(200, 3, 2, 12)), truth)["crps"] < theirs
 

@@ -173,7 +173,7 @@ def _figure(result: dict):
     names = list(result["datasets"])
     methods = ["seasonal_naive", "conditional", "unguided", "guided_mse", "guided_quantile", "refine_ml",
                "refine_langevin"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
         crps = [result["datasets"][n]["methods"][method]["crps"] for n in names]
@@ -196,6 +196,15 @@ def _figure(result: dict):
     axes[2].set_xlabel("refinement iteration")
     axes[2].set_title("CRPS of refined seasonal-naive forecasts / CRPS of seasonal naive", fontsize=9)
     axes[2].legend(fontsize=7)
+    first = names[0]
+    for method in ("seasonal_naive", "conditional", "guided_mse", "guided_quantile", "deepar"):
+        row = result["datasets"][first]["methods"].get(method)
+        if row is not None and "crps_by_horizon" in row:
+            axes[3].plot(np.arange(1, len(row["crps_by_horizon"]) + 1), row["crps_by_horizon"], marker=".",
+                         label=method)
+    axes[3].set(xlabel="lead time (steps)", ylabel="CRPS at that step")
+    axes[3].set_title(f"CRPS by horizon ({first})", fontsize=9)
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
