@@ -13,6 +13,8 @@ Metrics on generated clips for fixed requests (every tone pitch, rising / fallin
 * ``sweep_accuracy``: share of generated chirps whose fitted log-f0 slope has the requested sign;
 * ``kind_accuracy``: share of clips whose kind (tone / chirp up / chirp down / noise) a mel classifier trained on
   real clips (``MelKindClassifier``) recognises as requested;
+* ``text_use``: the held-out denoising loss (``held_out_eps_mse``) under the true captions, shuffled captions
+  and the null caption (lower with the true ones = the model reads the caption; visible long before samples are);
 * ``rtf``: wall seconds (sampling + Griffin-Lim) per second of audio, on this machine's torch threads.
 The ``real`` row applies the same measurements to held-out real clips after the same mel -> Griffin-Lim round trip
 (the ceiling at this mel resolution and vocoder).
@@ -24,8 +26,9 @@ import time
 
 import numpy as np
 
-from ..domains.audio.text2audio import (FRAME_SECONDS, FRAMES, TONE_PITCHES_HZ, example_files, image_to_wave,
-                                        pitched_caption, pitched_clips, real_time_factor)
+from ..domains.audio.text2audio import (FRAME_SECONDS, FRAMES, TONE_PITCHES_HZ, example_files,
+                                        held_out_eps_mse, image_to_wave, pitched_caption, pitched_clips,
+                                        real_time_factor)
 from ..methods.auffusion import MelKindClassifier, cents_error, f0_summary, generate_audio, train_auffusion
 from . import bench_progress, register_bench
 
@@ -76,6 +79,12 @@ def run_auffusion(quick: bool) -> tuple[dict, object]:
     real_reqs = [(e.kind, e.params.get("f0")) for e in test_events]
     real_waves = [image_to_wave(img[0].numpy(), seed=i) for i, img in enumerate(test_images)]
     table = {"real": measure(real_waves, test_images, real_reqs, classifier)}
+    test_captions = [pitched_caption(k, f) for k, f in real_reqs]
+    shuffled = [test_captions[i] for i in np.random.default_rng(0).permutation(len(test_captions))]
+    text_use = {"eps_mse_true_captions": held_out_eps_mse(denoiser, test_images, denoiser.condition(test_captions)),
+                "eps_mse_shuffled_captions": held_out_eps_mse(denoiser, test_images, denoiser.condition(shuffled)),
+                "eps_mse_null_caption": held_out_eps_mse(denoiser, test_images,
+                                                         denoiser.null_condition(denoiser.condition(test_captions)))}
     shown, files = {}, {}
     for w in bench_progress(b["guidance"], desc="auffusion: guidance"):
         t0 = time.perf_counter()
@@ -116,7 +125,7 @@ def run_auffusion(quick: bool) -> tuple[dict, object]:
     fig.tight_layout()
     result = {"summary": summary, "table": table, "train": info, "budgets": {k: list(v) if isinstance(v, tuple) else v
                                                                              for k, v in b.items()},
-              "requests": len(reqs), "files": files}
+              "requests": len(reqs), "text_use": text_use, "files": files}
     return result, fig
 
 

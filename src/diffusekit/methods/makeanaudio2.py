@@ -13,8 +13,9 @@
   out); the noisy frames (the paper: 1-D VAE latents; ours: the 64-band compact mel frames, one token per 60 ms)
   are embedded by a linear layer with sin-cos positions, and only the frame tokens are read out. Nothing depends
   on the number of frames, so one network generates any length.
-* Training: eps prediction on the linear VP schedule (T = 1000), both captions dropped together with probability
-  0.1 (Ho & Salimans 2022, arXiv 2207.12598); sampling: DDIM with CFG on the pair of null captions.
+* Training: v prediction (see ``DualCaptionLoss``) on the linear VP schedule (T = 1000), both captions dropped
+  together with probability 0.1 (Ho & Salimans 2022, arXiv 2207.12598); sampling: DDIM with CFG on the pair of
+  null captions.
 
 The baseline is the same network trained and sampled with unordered captions (``text2audio.unordered_caption``
 in both slots: which events, not their order). Measured: event-order accuracy from a frame-level event classifier
@@ -148,16 +149,23 @@ class DualCaptionLoss(DiffusionLoss):
     """Per-example loss with two captions (a ``Trainer`` loss). Batch = ``(x0 (B, n_mels, F), plain tokens, plain
     mask, structured tokens, structured mask)``:
 
-        L_i = w(t_i) mean_j (eps_theta(x_t, t_i, tau_1(y'_i), tau_2(s'_i))_j - eps_j)^2,
+        L_i = w(t_i) mean_j (F_theta(x_t, t_i, tau_1(y'_i), tau_2(s'_i))_j - target_j)^2,
 
     where (y', s') = ("", "") with probability ``caption_dropout`` (one coin for both, so the null pair is the
-    unconditional model of CFG), tau_1, tau_2 the frozen encoders. Draws: t, eps, then the dropout coins.
+    unconditional model of CFG), tau_1, tau_2 the frozen encoders, F the network's ``prediction`` (default "v":
+    target v = alpha_t eps - sigma_t x0, Salimans & Ho 2022 arXiv 2202.00512). Draws: t, eps, then the dropout coins.
+
+    Why v and not eps: in x0 terms the eps loss weighs errors by alpha_t^2 / sigma_t^2, nearly 0 at the high noise
+    levels where the event order is decided (the frames are invisible there, only the text can tell), while the v
+    loss weighs them by 1 / sigma_t^2 >= 1. With eps the full bench's structured model stayed at chance order
+    accuracy after 1500 steps (0.57 vs 0.50 unordered).
     """
 
-    def __init__(self, schedule, tokenizer, plain_encoder, structured_encoder, *, caption_dropout: float = 0.1):
+    def __init__(self, schedule, tokenizer, plain_encoder, structured_encoder, *, caption_dropout: float = 0.1,
+                 prediction: str = "v"):
         if not 0 <= caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1); got {caption_dropout}")
-        super().__init__(schedule, "eps")
+        super().__init__(schedule, prediction)
         self.tokenizer, self.caption_dropout = tokenizer, float(caption_dropout)
         self.plain_encoder, self.structured_encoder = plain_encoder, structured_encoder
         self.null_tokens, self.null_mask = tokenizer.encode([""])
@@ -190,7 +198,7 @@ class DualCaptionLoss(DiffusionLoss):
 
 def train_makeanaudio2(frames: torch.Tensor, plain: list[str], structured: list[str], *, steps: int,
                        batch_size: int = 32, lr: float = 1e-3, seed: int = 0, hidden_size: int = 96, depth: int = 3,
-                       progress: bool = False) -> tuple[DualCaptionDenoiser, dict]:
+                       prediction: str = "v", progress: bool = False) -> tuple[DualCaptionDenoiser, dict]:
     """Train a fresh ``InContextDiT`` on (mel frames (N, 64, F) in [-1, 1], plain captions, structured captions)
     with ``DualCaptionLoss``; the two frozen encoders are ``frozen_text_encoder`` seeded ``seed`` and ``seed + 1``.
     Returns (``DualCaptionDenoiser``, {"steps", "seconds"})."""
@@ -202,13 +210,14 @@ def train_makeanaudio2(frames: torch.Tensor, plain: list[str], structured: list[
     tok1, mask1 = tokenizer.encode(plain, max_len=enc1.max_len)
     tok2, mask2 = tokenizer.encode(structured, max_len=enc2.max_len)
     schedule = VPDiscrete.named("linear", 1000)
-    loss = DualCaptionLoss(schedule, tokenizer, enc1, enc2)
+    loss = DualCaptionLoss(schedule, tokenizer, enc1, enc2, prediction=prediction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = InContextDiT(frames.shape[1], enc1.width, hidden_size, depth)
     info = train_net(net, loss, (frames.float(), tok1, mask1, tok2, mask2), steps=steps, batch_size=batch_size,
                      lr=lr, seed=seed, progress=progress)
-    return DualCaptionDenoiser(net, schedule, tokenizer=tokenizer, plain_encoder=enc1, structured_encoder=enc2), info
+    return DualCaptionDenoiser(net, schedule, prediction, tokenizer=tokenizer, plain_encoder=enc1,
+                               structured_encoder=enc2), info
 
 
 @torch.no_grad()
