@@ -5,6 +5,11 @@ WaveNet mel denoiser; ``training``: the teacher's masked-L1 x0 loss on its 4-ste
 round N -> N/2 on the two-teacher-DDIM-step target (reusing ``methods.distill.progressive.progressive_target``);
 ``synthesis``: sampling from text, Griffin-Lim, mel L1, f0 error (cents), real-time factor. Data plumbing lives in
 ``diffusekit.domains.audio.tts``.
+
+Deviations from the paper, at CPU scale: 64 mels at 16 kHz and Griffin-Lim instead of 80 mels and HiFi-GAN; a small
+encoder without the pitch/energy variance adaptor (voice, rate and pitch settings are embedded instead); every model
+samples with deterministic DDIM on its grid (ProDiff samples the student ancestrally); ProDiff's code calls the
+student at the time index shifted by one student step, here the student is called at the step's own start time t.
 """
 
 from .model import DurationPredictor, PhonemeEncoder, ProDiffTTS, WaveNetDenoiser, regulated_condition
