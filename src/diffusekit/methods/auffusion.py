@@ -70,12 +70,14 @@ def auffusion_unet(context_dim: int = 64, base_channels: int = 16, channel_mult=
 
 def train_auffusion(images: torch.Tensor, captions: list[str], *, steps: int, batch_size: int = 32,
                     lr: float = 2e-3, seed: int = 0, base_channels: int = 16, caption_dropout: float = 0.1,
-                    progress: bool = False) -> tuple[TextConditionedDenoiser, dict]:
+                    prediction: str = "eps", progress: bool = False) -> tuple[TextConditionedDenoiser, dict]:
     """Train a fresh ``auffusion_unet`` on (images (N, 1, 64, F) in [-1, 1], captions) with ``TextDiffusionLoss``
     (Rombach et al. 2022 arXiv 2112.10752 eq. 2 with caption dropout): L = E ||eps - eps_theta(x_t, t, tau(y'))||^2.
 
     Returns the ``TextConditionedDenoiser`` (frozen ``frozen_text_encoder(seed)``, ``audio_tokenizer()``) and
-    {"steps", "seconds"}."""
+    {"steps", "seconds"}. ``prediction``: the network's target, "eps" (the paper, SD-1.5) or "v" (Salimans & Ho 2022,
+    arXiv 2202.00512; in x0 terms the eps loss weighs errors by alpha_t^2 / sigma_t^2 ~ 0 at the high noise levels
+    where the caption decides the layout, v by 1 / sigma_t^2 >= 1)."""
     if images.ndim != 4 or images.shape[1:3] != (1, N_MELS) or len(captions) != images.shape[0]:
         raise ValueError(f"images must be (N, 1, {N_MELS}, F) with one caption each; got {tuple(images.shape)} "
                          f"and {len(captions)} captions")
@@ -83,7 +85,7 @@ def train_auffusion(images: torch.Tensor, captions: list[str], *, steps: int, ba
     encoder = frozen_text_encoder(tokenizer, seed=seed)
     tokens, mask = tokenizer.encode(captions, max_len=encoder.max_len)
     schedule = VPDiscrete.named("linear", 1000)
-    loss = TextDiffusionLoss(schedule, encoder, tokenizer, "eps", caption_dropout=caption_dropout)
+    loss = TextDiffusionLoss(schedule, encoder, tokenizer, prediction, caption_dropout=caption_dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = auffusion_unet(encoder.width, base_channels)
