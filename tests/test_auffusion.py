@@ -75,7 +75,7 @@ def test_pitched_clip_validates_kind():
 
 
 def test_quick_bench_direction(tmp_path):
-    """Honest invariant at the quick budget (200 steps): the denoiser has learned the mel images (held-out eps-MSE
+    """Honest invariant at the quick budget (150 steps): the denoiser has learned the mel images (held-out eps-MSE
     far below the zero predictor's 1.0) and the real-clip row shows the sample metrics measure what they claim. The
     caption's effect is NOT visible yet at this budget (measured: true vs null-caption loss equal to 1e-5, samples
     at chance); the CFG-vs-none comparison is the full bench's (docs)."""

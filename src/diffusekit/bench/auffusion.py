@@ -34,7 +34,7 @@ from ..domains.audio.text2audio import (FRAME_SECONDS, FRAMES, TONE_PITCHES_HZ, 
 from ..methods.auffusion import MelKindClassifier, cents_error, f0_summary, generate_audio, train_auffusion
 from . import bench_progress, register_bench
 
-BUDGETS = {True: {"train_clips": 256, "steps": 200, "batch_size": 16, "repeats": 1, "guidance": (1.0, 3.0),
+BUDGETS = {True: {"train_clips": 192, "steps": 150, "batch_size": 16, "repeats": 1, "guidance": (1.0, 3.0),
                   "sample_steps": 10, "prediction": "eps"},
            False: {"train_clips": 1024, "steps": 1500, "batch_size": 16, "repeats": 2, "guidance": (1.0, 3.0, 5.0),
                    "sample_steps": 20, "prediction": "eps"}}
