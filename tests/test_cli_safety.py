@@ -287,7 +287,8 @@ def _subparsers(parser):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield name, sub
-                yield from _subparsers(sub)
+                for child, grandchild in _subparsers(sub):  # nested commands by their full path ("policy train")
+                    yield f"{name} {child}", grandchild
 
 
 def test_help_shows_real_defaults_and_the_names(capsys):
