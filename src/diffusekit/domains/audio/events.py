@@ -26,7 +26,8 @@ import numpy as np
 
 from .features import SAMPLE_RATE
 
-__all__ = ["EVENT_KINDS", "EVENT_WORDS", "SoundEvent", "SoundClip", "synthesize_event", "make_clip", "make_clips",
+__all__ = ["EVENT_KINDS", "EVENT_WORDS", "SoundEvent", "SoundClip", "random_event", "synthesize_event", "make_clip",
+           "make_clips",
            "structured_caption", "plain_caption"]
 
 EVENT_KINDS = ("tone", "chirp_up", "chirp_down", "noise_burst", "clicks", "melody")
@@ -133,10 +134,16 @@ def _pitch_word(f0: float) -> str:
     return "low" if f0 < 300 else "mid" if f0 < 600 else "high"
 
 
-def _random_event(kind: str, onset: float, offset: float, rng: np.random.Generator) -> SoundEvent:
+def random_event(kind: str, onset: float, offset: float, rng: np.random.Generator, *,
+                 tone_pitches: tuple[float, ...] | None = None) -> SoundEvent:
+    """An event of ``kind`` over [onset, offset) with parameters drawn from ``rng``: gain U(0.3, 0.6); tones a
+    log-uniform f0 in [150, 900] Hz (or one of ``tone_pitches``) with 1-3 harmonics; chirps an exponential sweep
+    over a factor 2-3 from a 150-350 Hz end; melodies 3-5 major-scale notes; noise bursts a band; clicks a rate."""
     gain = float(rng.uniform(0.3, 0.6))
     if kind == "tone":
-        params = {"f0": float(np.exp(rng.uniform(np.log(150), np.log(900)))), "harmonics": int(rng.integers(1, 4))}
+        f0 = (float(np.exp(rng.uniform(np.log(150), np.log(900)))) if tone_pitches is None
+              else float(tone_pitches[int(rng.integers(len(tone_pitches)))]))
+        params = {"f0": f0, "harmonics": int(rng.integers(1, 4))}
     elif kind in ("chirp_up", "chirp_down"):
         lo = float(np.exp(rng.uniform(np.log(150), np.log(350))))
         hi = lo * float(rng.uniform(2.0, 3.0))
@@ -196,7 +203,7 @@ def make_clip(seed: int, index: int, *, duration: float = 2.0, num_events: int |
                                                                        + rng.uniform(0.3, 0.42) * duration))]
     for kind, (on, off) in zip(chosen, spans):
         on, off = round(on * sample_rate) / sample_rate, round(off * sample_rate) / sample_rate
-        event = _random_event(kind, on, off, rng)
+        event = random_event(kind, on, off, rng)
         samples = synthesize_event(event, sample_rate, rng)
         i = int(round(on * sample_rate))
         wave[i:i + samples.size] += samples[: n - i]

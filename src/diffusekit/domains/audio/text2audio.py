@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ...nets.text import CaptionTokenizer, TextEncoder
-from .events import EVENT_KINDS, SoundEvent, make_clip, synthesize_event
+from .events import EVENT_KINDS, SoundEvent, make_clip, random_event, synthesize_event
 from .features import SAMPLE_RATE, griffin_lim, mel_image
 
 __all__ = ["TIME_POOL", "FRAMES", "FRAME_SECONDS", "CLIP_SECONDS", "TONE_PITCHES_HZ", "PITCHED_KINDS",
@@ -89,22 +89,10 @@ def pitched_clip(seed: int, index: int, kind: str | None = None) -> tuple[np.nda
     kind = PITCHED_KINDS[int(rng.integers(len(PITCHED_KINDS)))] if kind is None else kind
     onset = round(float(rng.uniform(0.1, 0.3)), 2)
     offset = onset + round(float(rng.uniform(1.2, 1.5)), 2)
-    gain = float(rng.uniform(0.3, 0.6))
-    if kind == "tone":
-        f0 = float(TONE_PITCHES_HZ[int(rng.integers(len(TONE_PITCHES_HZ)))])
-        params = {"f0": f0, "harmonics": int(rng.integers(1, 4))}
-    elif kind in ("chirp_up", "chirp_down"):
-        lo = float(np.exp(rng.uniform(np.log(150), np.log(350))))
-        hi = lo * float(rng.uniform(2.0, 3.0))
-        params = {"f_start": lo, "f_end": hi} if kind == "chirp_up" else {"f_start": hi, "f_end": lo}
-        params["harmonics"] = int(rng.integers(1, 3))
-    elif kind == "noise_burst":
-        low = float(rng.uniform(200, 2000))
-        params = {"low_hz": low, "high_hz": float(min(7900.0, low * rng.uniform(2, 4)))}
-    else:
+    if kind not in PITCHED_KINDS:
         raise ValueError(f"kind must be one of {', '.join(PITCHED_KINDS)}; got {kind!r}")
-    params["gain"] = gain
-    event = SoundEvent(kind, onset, offset, params)
+    event = random_event(kind, onset, offset, rng, tone_pitches=TONE_PITCHES_HZ)
+    params = event.params
     wave = np.zeros(int(CLIP_SECONDS * SAMPLE_RATE))
     samples = synthesize_event(event, SAMPLE_RATE, rng)
     start = int(round(onset * SAMPLE_RATE))
