@@ -368,16 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=run_translate)
 
     # Domain commands, each a module with HELP, add_arguments(parser) and run(args) -> exit code.
-    import importlib
-    import importlib.util
+    from . import adapt_cli, data_cli, forecast_cli, policy_cli
 
-    for command, module in (("adapt", "adapt_cli"), ("forecast", "forecast_cli"), ("policy", "policy_cli"),
-                            ("data", "data_cli")):
-        if importlib.util.find_spec(f"{__package__}.{module}") is not None:
-            domain = importlib.import_module(f".{module}", __package__)
-            dp = sub.add_parser(command, help=domain.HELP, formatter_class=fmt, parents=[common])
-            domain.add_arguments(dp)
-            dp.set_defaults(func=domain.run)
+    for command, domain in (("adapt", adapt_cli), ("forecast", forecast_cli), ("policy", policy_cli),
+                            ("data", data_cli)):
+        dp = sub.add_parser(command, help=domain.HELP, formatter_class=fmt, parents=[common])
+        domain.add_arguments(dp)
+        dp.set_defaults(func=domain.run)
 
     from .interop.cli import EXPORT_HELP, add_export_arguments, run_export
 

@@ -9,8 +9,6 @@ stderr, shown only on a terminal and switched off by ``--no-progress``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import platform
 import sys
 import time
@@ -111,9 +109,7 @@ def _load_all() -> None:
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
     from . import dda, difftpt, drive, petal, planner, policy, tsdiff, tta  # noqa: F401
-    for optional in ("prodiff", "auffusion", "makeanaudio2"):  # being written; imported once present
-        if importlib.util.find_spec(f"{__name__}.{optional}") is not None:
-            importlib.import_module(f"{__name__}.{optional}")
+    from . import auffusion, makeanaudio2, prodiff  # noqa: F401
 
 
 _load_all()

@@ -71,8 +71,8 @@ def run(quick: bool):
         row, preds = {}, []
         for c in corruptions:
             adapter.reset()
-            stream = run_stream(adapter, batches(c))
-            row[c] = {k: stream.totals()[k] for k in ("error", "brier", "nll", "seconds_per_image")}
+            totals = run_stream(adapter, batches(c)).totals()
+            row[c] = {k: totals[k] for k in ("error", "brier", "nll", "seconds_per_image")}
         if overrides is not None:
             adapter.reset()
             with torch.no_grad():

@@ -16,6 +16,7 @@ onsets, both from librosa.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -57,7 +58,9 @@ def _wave(wave) -> np.ndarray:
     return w
 
 
+@functools.lru_cache(maxsize=8)
 def _mel_basis(config: MelConfig) -> np.ndarray:
+    """The Slaney mel filterbank of ``config`` (built once per config; callers must not modify it)."""
     import librosa
 
     return librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin,
