@@ -131,3 +131,23 @@ def test_mel_scaling_round_trips_and_griffin_lim_keeps_the_pitch():
     noise = np.random.default_rng(0).normal(0, 0.1, tone.size)
     assert features.spectral_convergence(tone, wave) < features.spectral_convergence(tone, noise)
     assert features.log_spectral_distance(tone, tone) == 0.0
+
+
+def test_wav_round_trip_and_spectrogram(tmp_path):
+    import numpy as np
+
+    from diffusekit.domains.audio.wavio import read_wav, write_wav_with_spectrogram
+    from diffusekit.errors import UserError
+
+    wave = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000).astype(np.float32)
+    wav, png = write_wav_with_spectrogram(tmp_path / "x.wav", wave, title="440 Hz")
+    assert png == tmp_path / "x.png" and png.read_bytes()[:4] == b"\x89PNG"
+    back = read_wav(wav)
+    assert np.abs(back - wave).max() < 1e-4
+    with pytest.raises(UserError, match="overwrite"):
+        write_wav_with_spectrogram(wav, wave)
+    with pytest.raises(UserError, match=".wav"):
+        write_wav_with_spectrogram(tmp_path / "x.mp3", wave)
+    (tmp_path / "bad.wav").write_bytes(b"not a wav")
+    with pytest.raises(UserError, match="not a readable wav"):
+        read_wav(tmp_path / "bad.wav")

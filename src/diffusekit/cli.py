@@ -368,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=run_translate)
 
     # Domain commands, each a module with HELP, add_arguments(parser) and run(args) -> exit code.
-    from . import adapt_cli, data_cli, forecast_cli, policy_cli
+    from . import adapt_cli, audio_cli, data_cli, forecast_cli, personalize_cli, policy_cli, video_cli
 
     for command, domain in (("adapt", adapt_cli), ("forecast", forecast_cli), ("policy", policy_cli),
+                            ("audio", audio_cli), ("video", video_cli), ("personalize", personalize_cli),
                             ("data", data_cli)):
         dp = sub.add_parser(command, help=domain.HELP, formatter_class=fmt, parents=[common])
         domain.add_arguments(dp)

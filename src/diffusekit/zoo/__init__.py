@@ -40,7 +40,10 @@ from ..plotting import atomic_write_bytes, default_file_mode
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "digits_dit",
-          "captions_clip", "captions_judge", "captions_unet", "digits_bn_classifier", "digits04_bn_classifier")
+          "captions_clip", "captions_judge", "captions_unet", "digits_bn_classifier", "digits04_bn_classifier",
+          # audio (issue 16) and video / personalisation (issue 17); loaded through their manifest's "loader"
+          "speech_prodiff", "speech_vocoder", "events_auffusion", "events_ezaudio",
+          "moving_digits_video", "moving_digits_cbb", "captions_eclipse")
 
 
 class ZooError(ValueError):
@@ -92,6 +95,8 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
     from ..nets import build_net
 
     state, meta = load_state(name, assets_dir, verify=verify)
+    if "loader" in meta:  # "diffusekit.module:function", called as function(state, meta) -> ready object
+        return _recipe_loader(meta["loader"])(state, meta)
     if meta["kind"] == "classifier":
         model = DigitsClassifier(**meta["net"])
         model.load_state_dict(state)
@@ -118,6 +123,19 @@ def load(name: str, *, assets_dir: Path = ASSETS_DIR, verify: bool = True):
         return build_student(net, {"schedule": meta["schedule"], "loss": meta["loss"], "student": meta["student"]},
                              f"zoo:{name}")
     return NetworkDenoiser(net, schedule_from_config(meta["schedule"]), meta["loss"]["prediction"])
+
+
+def _recipe_loader(spec: str):
+    """The function named by a manifest's ``loader`` ("diffusekit.zoo.recipes_x:load_y"); only our own modules."""
+    import importlib
+
+    module, _, function = str(spec).partition(":")
+    if not module.startswith("diffusekit.") or not function.isidentifier():
+        raise ZooError(f"zoo manifest loader {spec!r} is not a diffusekit module:function")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as err:
+        raise ZooError(f"zoo manifest loader {spec!r} cannot be imported: {err}") from None
 
 
 def write_asset(name: str, state: dict, meta: dict, assets_dir: Path = ASSETS_DIR) -> dict:

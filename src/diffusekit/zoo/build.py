@@ -171,6 +171,32 @@ for _kind, _tta_budget in TTA_BUDGETS.items():
     BUDGETS[_kind].update(_tta_budget)
 for _kind, _clip_budget in CLIP_BUDGETS.items():
     BUDGETS[_kind].update(_clip_budget)
+for _kind in BUDGETS:
+    BUDGETS[_kind]["kind"] = _kind  # recipes with their own budgets pick them by this
+
+
+def _lazy_builder(spec: str):
+    """A builder imported on first use ("module:function" under diffusekit.zoo), so `zoo build --only X` does not
+    import every domain."""
+    def build_lazily(budget: dict, assets_dir: Path, progress: bool) -> dict:
+        import importlib
+
+        module, _, function = spec.partition(":")
+        return getattr(importlib.import_module(module, __package__), function)(budget, assets_dir, progress)
+
+    build_lazily.__name__ = spec.partition(":")[2]
+    return build_lazily
+
+
+BUILDERS.update({  # audio (issue 16), video and personalisation (issue 17): each recipe reads budget["kind"]
+    "speech_prodiff": _lazy_builder(".recipes_audio:build_speech_prodiff"),
+    "speech_vocoder": _lazy_builder(".recipes_audio:build_speech_vocoder"),
+    "events_auffusion": _lazy_builder(".recipes_audio:build_events_auffusion"),
+    "events_ezaudio": _lazy_builder(".recipes_ezaudio:build_events_ezaudio"),
+    "moving_digits_video": _lazy_builder(".recipes_video:build_moving_digits_video"),
+    "moving_digits_cbb": _lazy_builder(".recipes_cbb:build_moving_digits_cbb"),
+    "captions_eclipse": _lazy_builder(".recipes_eclipse:build_captions_eclipse"),
+})
 
 
 def build(names=None, *, quick: bool = False, assets_dir: Path = ASSETS_DIR, progress: bool = True) -> dict:

@@ -1,0 +1,1 @@
+"""Video: generated moving-digit clips and small talking faces, their models and metrics."""
