@@ -52,13 +52,14 @@ def read_wav(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.clip(wave, -1, 1)
 
 
-def spectrogram_png_bytes(wave, *, title: str = "", config: MelConfig = MelConfig()) -> bytes:
+def spectrogram_png_bytes(wave, *, title: str = "", config: MelConfig | None = None) -> bytes:
     """The log-mel spectrogram of ``wave`` (time in seconds, mel bins) as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    config = config or MelConfig()
     mel = log_mel(wave, config)
     seconds = np.asarray(wave).size / config.sample_rate
     fig, ax = plt.subplots(figsize=(max(3.0, min(12.0, 2.5 * seconds + 1.5)), 2.8))
