@@ -109,7 +109,7 @@ def _load_all() -> None:
     from . import cyclediffusion, dpm_ot, flows, interop, latent, score_sde  # noqa: F401
     from . import afa, cdcd, clip, dit, dtr_ant, mode, ras, repa, smooth  # noqa: F401
     from . import dda, difftpt, drive, petal, planner, policy, tsdiff, tta  # noqa: F401
-    from . import auffusion, cdcd_music, ditto2_music, ezaudio, makeanaudio2, prodiff, styletts_zs  # noqa: F401
+    from . import auffusion, cdcd_music, ditto2_music, ezaudio, makeanaudio2, prodiff, styletts_zs, vocoder  # noqa: F401
     from . import cbb, ditto_talking, eclipse, video  # noqa: F401
 
 
