@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import CLIError, _parse_labels, _progress_enabled, _with_progress, load_denoiser
+from . import cli as _cli
+from .cli import CLIError, _parse_labels, _progress_enabled, _with_progress
 from .errors import user_input
 
 
@@ -102,7 +103,7 @@ def cmd_sample(args) -> int:
     if is_data_to_data(args.model):
         return _sample_transport(args, out)
     with user_input():
-        denoiser = load_denoiser(args.model)
+        denoiser = _cli.load_denoiser(args.model)  # looked up per call, so one stand-in cannot stick
         # a distilled student carries its native sampling; it is the default when no sampling flag is given
         native = getattr(denoiser, "native_sampling", None)
         use_native = native is not None and args.sampler is None and args.steps is None and args.grid is None \
