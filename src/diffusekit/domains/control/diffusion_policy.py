@@ -36,7 +36,8 @@ from ...samplers import sample as run_sampler
 from ...training import TrainConfig, Trainer
 from ...training.losses import DiffusionLoss, loss_weight, sample_times
 
-__all__ = ["ConditionalUnet1D", "ObsConditionedDiffusionLoss", "ChunkDiffusionPolicy", "DiffusionPolicyConfig",
+__all__ = ["ConditionalUnet1D", "ObsConditionedDiffusionLoss", "ChunkDiffusionPolicy", "ChunkPolicyConfig",
+           "DiffusionPolicyConfig", "SavedChunkPolicy",
            "train_diffusion_policy", "NET_BUILDERS", "save_policy_files", "read_policy_files"]
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -142,7 +143,22 @@ class ObsConditionedDiffusionLoss(DiffusionLoss):
 
 
 @dataclass
-class DiffusionPolicyConfig:
+class ChunkPolicyConfig:
+    """What every action-chunk policy shares: the data layout (n_obs observation steps in, a chunk of ``horizon``
+    actions out of which ``n_action`` are executed) and the optimiser (AdamW steps, batch, lr, EMA, seed)."""
+
+    n_obs: int = 2
+    horizon: int = 16
+    n_action: int = 8
+    train_steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    ema_decay: float = 0.995
+    seed: int = 0
+
+
+@dataclass
+class DiffusionPolicyConfig(ChunkPolicyConfig):
     """Training and inference settings (paper values in brackets; ours are CPU-sized).
 
     n_obs 2, horizon 16, n_action 8 [same]; down_dims (32, 64) [256, 512, 1024]; 100 train steps of
@@ -150,22 +166,27 @@ class DiffusionPolicyConfig:
     sampler "ddpm" with 100 steps [same] or "ddim" / "dpm_solver_pp_2m" with 8.
     """
 
-    n_obs: int = 2
-    horizon: int = 16
-    n_action: int = 8
     down_dims: tuple = (32, 64)
     num_train_timesteps: int = 100
-    train_steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    ema_decay: float = 0.995
-    seed: int = 0
     sampler: str = "ddpm"
     sample_steps: int = 100
     clip_sample: bool = True
 
 
-class ChunkDiffusionPolicy:
+class SavedChunkPolicy:
+    """The saving half of a chunk policy: ``net`` + ``config()`` written as safetensors + JSON (``save_policy_files``);
+    subclasses define ``config()``, ``load(folder)`` and ``act(windows, generators) -> chunks``."""
+
+    net: nn.Module
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, folder) -> None:
+        save_policy_files(folder, self.net.state_dict(), self.config())
+
+
+class ChunkDiffusionPolicy(SavedChunkPolicy):
     """A trained diffusion policy over action chunks: ``act(windows, generators) -> chunks`` (see ``rollout``).
 
     ``sample_chunks`` draws A ~ N(0, prior) (B, act_dim, H) and integrates the reverse process on a ``grid``
@@ -214,18 +235,18 @@ class ChunkDiffusionPolicy:
                 "sampler": self.sampler, "steps": self.steps, "grid": self.grid, "clip_sample": self.clip_sample,
                 "scale_input": self.scale_input}
 
-    def save(self, folder) -> None:
-        save_policy_files(folder, self.net.state_dict(), self.config())
+    # the constructor's keyword settings, all stored in config.json
+    SETTINGS = ("prediction", "n_obs", "horizon", "n_action", "act_dim", "obs_dim", "sampler", "steps", "grid",
+                "clip_sample", "method", "env_id", "scale_input")
 
     @classmethod
-    def load(cls, folder) -> "ChunkDiffusionPolicy":
+    def load(cls, folder, **extra) -> "ChunkDiffusionPolicy":
+        """The policy saved in ``folder``; ``extra`` keyword arguments go to the constructor (subclasses' own)."""
         state, cfg = read_policy_files(folder)
         net_cfg = dict(cfg["net"])
         net = NET_BUILDERS[net_cfg.pop("name")](**net_cfg)
         net.load_state_dict(state)
-        keys = ("prediction", "n_obs", "horizon", "n_action", "act_dim", "obs_dim", "sampler", "steps", "grid",
-                "clip_sample", "method", "env_id", "scale_input")
-        return cls(net, schedule_from_config(cfg["schedule"]), **{k: cfg[k] for k in keys})
+        return cls(net, schedule_from_config(cfg["schedule"]), **{k: cfg[k] for k in cls.SETTINGS}, **extra)
 
 
 def save_policy_files(folder, state: dict, config: dict) -> None:

@@ -30,7 +30,8 @@ from torch import nn
 from ...core.schedules import VESchedule
 from ...methods.mode import BALANCE_WEIGHT, MoDELoss, precompute_for_grid
 from ...nets.mode import MoDE
-from .diffusion_policy import NET_BUILDERS, ChunkDiffusionPolicy, ObsConditionedDiffusionLoss, chunk_tensors, fit
+from .diffusion_policy import (NET_BUILDERS, ChunkDiffusionPolicy, ChunkPolicyConfig, ObsConditionedDiffusionLoss,
+                               chunk_tensors, fit)
 
 __all__ = ["MoDEPolicyNet", "MoDEPolicy", "MoDEPolicyConfig", "train_mode_policy"]
 
@@ -68,12 +69,9 @@ NET_BUILDERS["mode_policy"] = MoDEPolicyNet
 
 
 @dataclass
-class MoDEPolicyConfig:
+class MoDEPolicyConfig(ChunkPolicyConfig):
     """MoDE-lite settings (paper: 12 layers, d 1024, 4 experts, top-2, DDIM 10 steps; ours CPU-sized)."""
 
-    n_obs: int = 2
-    horizon: int = 16
-    n_action: int = 8
     patch_size: int = 2
     hidden_size: int = 64
     depth: int = 4
@@ -81,11 +79,6 @@ class MoDEPolicyConfig:
     num_experts: int = 4
     top_k: int = 2
     balance_weight: float = BALANCE_WEIGHT
-    train_steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    ema_decay: float = 0.995
-    seed: int = 0
     sampler: str = "ddim"
     sample_steps: int = 10
     clip_sample: bool = True
@@ -133,14 +126,9 @@ class MoDEPolicy(ChunkDiffusionPolicy):
 
     @classmethod
     def load(cls, folder) -> "MoDEPolicy":
-        base = ChunkDiffusionPolicy.load(folder)
         from .diffusion_policy import read_policy_files
 
-        cfg = read_policy_files(folder)[1]
-        kwargs = {k: getattr(base, k) for k in ("prediction", "n_obs", "horizon", "n_action", "act_dim", "obs_dim",
-                                                 "sampler", "steps", "grid", "clip_sample", "method", "env_id",
-                                                 "scale_input")}
-        return cls(base.net, base.schedule, cache_experts=cfg.get("cache_experts", True), **kwargs)
+        return super().load(folder, cache_experts=read_policy_files(folder)[1].get("cache_experts", True))
 
 
 def train_mode_policy(windows: np.ndarray, chunks: np.ndarray, cfg: MoDEPolicyConfig | None = None, *,

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion_policy import read_policy_files, save_policy_files
-from ...training import TrainConfig, Trainer
+from .diffusion_policy import ChunkPolicyConfig, SavedChunkPolicy, fit, read_policy_files
 
 __all__ = ["ChunkMLP", "MSEPolicy", "MSEPolicyConfig", "train_mse_policy"]
 
@@ -47,22 +46,15 @@ def mse_loss(net: nn.Module, batch, generator=None) -> torch.Tensor:
 
 
 @dataclass
-class MSEPolicyConfig:
-    """Settings of the MSE baseline (same data layout as ``DiffusionPolicyConfig``)."""
+class MSEPolicyConfig(ChunkPolicyConfig):
+    """Settings of the MSE baseline (same data layout and optimiser as ``DiffusionPolicyConfig``)."""
 
-    n_obs: int = 2
-    horizon: int = 16
-    n_action: int = 8
     width: int = 256
     depth: int = 3
-    train_steps: int = 2000
     batch_size: int = 256
-    lr: float = 1e-3
-    ema_decay: float = 0.995
-    seed: int = 0
 
 
-class MSEPolicy:
+class MSEPolicy(SavedChunkPolicy):
     """Deterministic chunk regressor: ``act(windows, generators) -> chunks`` (generators unused)."""
 
     method = "mse"
@@ -78,9 +70,6 @@ class MSEPolicy:
     def config(self) -> dict:
         return {"method": self.method, "env_id": self.env_id, "net": self.net.config, "n_obs": self.n_obs,
                 "n_action": self.n_action}
-
-    def save(self, folder) -> None:
-        save_policy_files(folder, self.net.state_dict(), self.config())
 
     @classmethod
     def load(cls, folder) -> "MSEPolicy":
@@ -98,9 +87,4 @@ def train_mse_policy(windows: np.ndarray, chunks: np.ndarray, cfg: MSEPolicyConf
     n, n_obs, obs_dim = windows.shape
     net = ChunkMLP(n_obs * obs_dim, chunks.shape[2], chunks.shape[1], cfg.width, cfg.depth)
     data = (torch.as_tensor(chunks), torch.as_tensor(windows).reshape(n, -1))
-    tc = TrainConfig(steps=cfg.train_steps, batch_size=min(cfg.batch_size, n), lr=cfg.lr,
-                     warmup_steps=min(100, cfg.train_steps // 10), ema_decay=cfg.ema_decay, seed=cfg.seed,
-                     progress=progress, log_every=max(1, cfg.train_steps))
-    trainer = Trainer(net, mse_loss, data, tc)
-    trainer.fit()
-    return MSEPolicy((trainer.ema_model or net).eval(), n_obs=n_obs, n_action=cfg.n_action, env_id=env_id)
+    return MSEPolicy(fit(net, mse_loss, data, cfg, progress), n_obs=n_obs, n_action=cfg.n_action, env_id=env_id)
