@@ -230,6 +230,12 @@ class TalkingFaces:
     def __len__(self) -> int:
         return self.motion.shape[0]
 
+    def subset(self, indices) -> TalkingFaces:
+        """The talks at ``indices`` (same appearances)."""
+        idx = np.asarray(indices)
+        return TalkingFaces(self.motion[idx], self.audio[idx], self.phoneme_class[idx], self.vowel_energy[idx],
+                            self.speaker[idx], self.appearances, self.waves[idx], [self.texts[i] for i in idx])
+
     def frames(self, index: int, motion: np.ndarray | None = None) -> torch.Tensor:
         """Rendered frames (T, 1, 32, 32) of talk ``index`` (its true motion, or ``motion`` in its speaker's face)."""
         return render_faces(self.motion[index] if motion is None else motion,
