@@ -52,7 +52,7 @@ class CBBInterpolator:
         """[first, ..., last] with ``frames - 1`` frames in between, by recursive midpoints: the middle frame first,
         then the middles of both halves, ... (``frames`` must be a power of two, one of ALLOWED_FRAME_COUNTS).
         Each level's midpoints are computed in one batch. ``progress(n)`` is called after each level with the
-        number of midpoints done."""
+        number of frames it made (segments x batch)."""
         if frames not in ALLOWED_FRAME_COUNTS:
             raise ValueError(f"frames must be one of {ALLOWED_FRAME_COUNTS}; got {frames}")
         seq = [first, last]
@@ -64,7 +64,7 @@ class CBBInterpolator:
                 merged += [mid, nxt]
             seq = merged
             if progress is not None:
-                progress(len(mids))
+                progress(left.shape[0])
         return seq
 
     @torch.no_grad()
