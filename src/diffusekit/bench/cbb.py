@@ -31,7 +31,7 @@ from . import bench_progress, register_bench
 
 BUDGETS = {True: {"train_clips": 60, "gaps": (1,), "train_steps": 40, "batch_size": 32, "test_triplets": 24,
                   "seeds": 4, "steps": (1, 2, 5), "show_steps": 2},
-           False: {"train_clips": 500, "gaps": (1, 2), "train_steps": 1200, "batch_size": 64, "test_triplets": 96,
+           False: {"train_clips": 500, "gaps": (1, 2), "train_steps": 600, "batch_size": 64, "test_triplets": 96,
                    "seeds": 8, "steps": (1, 2, 5, 10, 20, 50), "show_steps": 10}}
 METHODS = ("cbb", "cbb_indep", "ddpm_ddim", "ddpm_ancestral")
 QUICK_METHODS = ("cbb", "ddpm_ddim")

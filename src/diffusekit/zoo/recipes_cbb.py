@@ -3,7 +3,7 @@ interpolator for 24 x 24 one-digit moving-digit clips (``methods.bridge``), pixe
 
 Training: triplets (frame i - g, i, i + g), g in {1, 2}, of 600 train clips (1-4 px of motion between the two
 neighbours), the small UNet of ``methods.bridge.training.CBB_NET`` (base 16, mults (1, 2)), AdamW lr 2e-3, batch 64,
-2000 steps (full) or 5 (quick, a smoke test). Metrics: PSNR / SSIM / across-seed std to the true middle frame of 96
+1000 steps (full) or 5 (quick, a smoke test). Metrics: PSNR / SSIM / across-seed std to the true middle frame of 96
 gap-1 test triplets at 1, 5 and 10 steps, and linear blending for reference. ``zoo.load("moving_digits_cbb")`` returns
 a ready :class:`~diffusekit.methods.bridge.CBBInterpolator`.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CBB_BUDGETS = {"full": {"train_clips": 600, "steps": 2000}, "quick": {"train_clips": 20, "steps": 5}}
+CBB_BUDGETS = {"full": {"train_clips": 600, "steps": 1000}, "quick": {"train_clips": 20, "steps": 5}}
 DEFAULT_STEPS = 10
 
 
