@@ -19,7 +19,9 @@ Metrics on the test talks (every frame of both methods goes through the same pix
   ``first_frame_s``: seconds from the request until the first frame is rendered, one talk (motion: the first window
   must be sampled; pixel: one frame); ``mflops_per_frame``: network FLOPs per generated frame per NFE (both CFG
   passes), counted by ``torch.utils.flop_counter`` (deterministic, unlike the wall times);
-* ``seam_ratio`` (motion only): frame-to-frame motion change at the window seams / elsewhere.
+* ``seam_ratio`` (motion only): frame-to-frame motion change at the window seams / elsewhere (and the same for
+  windows cut end to end, ``seam_ratio_hard_cuts``); ``sync_mismatched_audio``: sync when each talk is driven by
+  another talk's audio (the floor).
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ def jitter(frames: torch.Tensor) -> float:
     return float((frames[:, 1:] - frames[:, :-1]).abs().mean())
 
 
-def motion_rows(model: MotionModel, test, steps_list, guidance: float) -> tuple[dict, dict]:
-    """Metrics of motion-space diffusion per sampling-step count, and the generated frames (for the figures)."""
+def motion_rows(model: MotionModel, test, steps_list, guidance: float, true_mouth: np.ndarray) -> tuple[dict, dict]:
+    """Metrics of motion-space diffusion per sampling-step count, and the generated frames (for the figures); the
+    controls: ``seam_ratio_hard_cuts`` (windows end to end, no cross-fade, the talk's reference for every window)
+    and ``sync_mismatched_audio`` (each talk driven by another talk's audio)."""
     audio, ref = torch.from_numpy(test.audio), torch.from_numpy(test.motion[:, 0])
     rows, frames = {}, {}
     for steps in bench_progress(steps_list, desc="ditto_talking: motion"):
@@ -76,8 +80,14 @@ def motion_rows(model: MotionModel, test, steps_list, guidance: float) -> tuple[
         render_faces(first[0, :1].numpy(), test.appearances[int(test.speaker[0])])
         first_s = time.perf_counter() - t0
         mouth_corr = np.corrcoef(motion[..., 0].ravel(), test.motion[..., 0].ravel())[0, 1]
+        cuts = stream_motion(model, audio, ref, steps=steps, guidance=guidance, seed=0, overlap=0,
+                             carry_reference=False)
+        other = stream_motion(model, audio.roll(1, dims=0), ref, steps=steps, guidance=guidance, seed=0)
+        other_video = torch.stack([test.frames(i, other[i].numpy()) for i in range(len(test))])
         rows[steps] = {"seconds": seconds, "first_frame_s": first_s, "seam_ratio": seam_ratio(motion),
-                       "motion_mouth_corr": float(mouth_corr)}
+                       "seam_ratio_hard_cuts": seam_ratio(cuts, overlap=0), "motion_mouth_corr": float(mouth_corr),
+                       "sync_mismatched_audio": float(np.corrcoef(mouth_opening_from_frames(other_video).ravel(),
+                                                                  true_mouth)[0, 1])}
         frames[steps] = video
     return rows, frames
 
@@ -142,7 +152,7 @@ def run_ditto_talking(quick: bool) -> tuple[dict, object]:
     true_video = torch.stack([test.frames(i) for i in range(len(test))])
     true_mouth = mouth_opening_from_frames(true_video).ravel()
     energy, true_jitter = test.vowel_energy.ravel(), jitter(true_video)
-    m_rows, m_frames = motion_rows(motion_model, test, b["sample_steps"], b["guidance"])
+    m_rows, m_frames = motion_rows(motion_model, test, b["sample_steps"], b["guidance"], true_mouth)
     p_rows, p_frames = pixel_rows(pixel_model, test, b["pixel_steps"], b["guidance"])
     w = motion_model.window
     flops = {"motion": network_mflops_per_frame(motion_model.net, {"x": torch.zeros(1, w, 7),
