@@ -93,9 +93,30 @@ def test_subject_token_pulls_the_embedding_toward_the_subject(pipeline):
 def test_decoder_cfg_raises_judge_accuracy_over_unconditional(pipeline, judge):
     from diffusekit.zoo.recipes_t2i import attribute_accuracy, predict_attributes
 
-    data = make_captioned_digits("test", n=48, seed=5)
+    data = make_captioned_digits("test", n=40, seed=5)
     z = embed_images(pipeline.clip, data.images)
-    acc = {w: attribute_accuracy(predict_attributes(judge, pipeline.decode(z, guidance=w, steps=8, seed=0)),
+    acc = {w: attribute_accuracy(predict_attributes(judge, pipeline.decode(z, guidance=w, steps=6, seed=0)),
                                  data.attributes) for w in (0.0, 3.0)}
     for attribute in ("colour", "layout", "digit"):
         assert acc[3.0][attribute] > acc[0.0][attribute] + 0.15, (attribute, acc)
+
+
+def test_bench_eclipse_quick(tmp_path):
+    """The quick bench: the contrastive term raises the prior's text alignment; personalised digits take their
+    identity from the subject images and colour / stroke / layout from the words; fine-tuning pays per subject."""
+    from diffusekit.bench import run_bench
+
+    result = run_bench("eclipse", out=tmp_path, quick=True)
+    assert (tmp_path / "eclipse.json").exists() and (tmp_path / "eclipse.png").exists()
+    assert (tmp_path / "eclipse_samples.png").exists()
+    prior = result["prior_level"]
+    gain = [prior[s]["eclipse λ=0.2"]["text_retrieval@1"] - prior[s]["eclipse λ=0"]["text_retrieval@1"]
+            for s in ("single", "multi")]
+    assert min(gain) > 0 and sum(gain) / 2 > 0.15, gain
+    shipped = result["results"]["single"]["eclipse shipped"]
+    assert shipped["concept_digit"] > 0.5  # chance 0.1: the digit word was replaced by the subject image
+    assert shipped["composition"] > 0.4  # chance 1/14 (colour x stroke), layout also required
+    cost = result["cost"]
+    assert cost["eclipse λ=0.2"]["per_subject_steps"] == 0
+    assert cost["fine-tune"]["per_subject_steps"] > 0
+    assert cost["fine-tune"]["trained_parameters"] > 5 * cost["eclipse λ=0.2"]["trained_parameters"]

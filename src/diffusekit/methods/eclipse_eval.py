@@ -27,7 +27,8 @@ def _other_instance(labels: np.ndarray, source: int, rng) -> int:
 
 def personalization_cases(n: int, *, multi: bool, seed: int = 0) -> dict:
     """``n`` cases: ``prompts``, ``subjects`` (n, S, 3, 24, 24) in mention order, ``requested`` attributes,
-    ``ideal`` (n, 3, 24, 24: the subject instances as requested) and ``others`` (same request, other instances)."""
+    ``ideal`` (n, 3, 24, 24: the subject instances as requested), ``others`` (same request, other instances) and
+    ``subject_colour`` / ``subject_thickness`` (n, S) per slot (0 = left / only digit, 1 = right)."""
     from ..data.captioned import (ATTRIBUTE_KEYS, COLOURS, POSITIONS, THICKNESSES, attribute_row, caption_for, render,
                                   source_digits)
     from ..methods.eclipse_data import mention_order, render_subjects
@@ -62,7 +63,8 @@ def personalization_cases(n: int, *, multi: bool, seed: int = 0) -> dict:
     for k in range(k_count):
         others[f"source_{k}"] = torch.tensor([_other_instance(labels, int(s), rng) for s in req[f"source_{k}"]])
     return {"prompts": prompts, "subjects": torch.stack(subjects), "requested": req, "ideal": render(req, src_x),
-            "others": render(others, src_x), "subject_colour": torch.from_numpy(subject_colour)}
+            "others": render(others, src_x), "subject_colour": torch.from_numpy(subject_colour),
+            "subject_thickness": torch.from_numpy(subject_thick)}
 
 
 @torch.no_grad()
