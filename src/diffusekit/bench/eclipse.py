@@ -30,8 +30,8 @@ import torch
 from . import bench_progress, register_bench
 
 LAMBDAS = (0.0, 0.2, 1.0)
-FULL = {"train_n": 5000, "prior_steps": 500, "prior_net": None, "cases": 120, "steps": 20, "ft_cases": 6,
-        "ft_steps": 60}
+FULL = {"train_n": 4000, "prior_steps": 400, "prior_net": None, "cases": 100, "steps": 16, "ft_cases": 5,
+        "ft_steps": 50}
 QUICK = {"train_n": 600, "prior_steps": 40, "prior_net": {"width": 32, "depth": 1, "num_heads": 4, "mlp_ratio": 2.0},
          "cases": 12, "steps": 8, "ft_cases": 2, "ft_steps": 10}
 GUIDANCE = 3.0
@@ -56,18 +56,16 @@ def _prior_metrics(pipeline, cases) -> dict:
 def _finetune_images(t2i, cases, idx, steps_ft: int, sample_steps: int) -> tuple[torch.Tensor, list[dict]]:
     from ..data.captioned import caption_for
     from ..methods.eclipse_baseline import finetune_on_subject
+    from ..methods.eclipse_data import render_subjects
     from ..methods.text_conditioning import text_to_image
 
     images, costs = [], []
     for i in idx:
         req = cases["requested"]
-        slots = range(cases["subject_colour"].shape[1])
+        slots = range(cases["subject_colour"].shape[1])  # per slot: the subject image and its own caption
         subj = [caption_for({"num_digits": 1, "digit_0": int(req[f"digit_{k}"][i]),
                              "colour_0": int(cases["subject_colour"][i, k]),
                              "thickness_0": int(cases["subject_thickness"][i, k])}) for k in slots]
-        # subjects are stored in mention order; re-order their captions the same way
-        from ..methods.eclipse_data import render_subjects
-
         subject_images = render_subjects([int(req[f"source_{k}"][i]) for k in slots],
                                          [int(cases["subject_colour"][i, k]) for k in slots],
                                          [int(cases["subject_thickness"][i, k]) for k in slots], "test")
