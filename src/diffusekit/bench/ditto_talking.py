@@ -196,7 +196,7 @@ def run_ditto_talking(quick: bool) -> tuple[dict, object]:
     picks = list(range(0, 96, 12))
     rows_img = [torch.cat([v[0, i, 0] for i in picks], dim=1) for v in (true_video, m_frames[common],
                                                                          p_frames[common])]
-    axes[3].imshow(torch.cat(rows_img, dim=0), cmap="gray", vmin=-1, vmax=1)
+    axes[3].imshow(torch.cat(rows_img, dim=0).numpy(), cmap="gray", vmin=-1, vmax=1)
     axes[3].set_title("true / motion-space / pixel-space (every 12th frame)", fontsize=8)
     axes[3].axis("off")
     fig.tight_layout()
