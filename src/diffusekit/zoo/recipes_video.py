@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-VIDEO_BUDGETS = {"full": {"steps": 2000, "train_clips": 2048, "eval_clips": 30, "feature_steps": 300},
+VIDEO_BUDGETS = {"full": {"steps": 1200, "train_clips": 2048, "eval_clips": 30, "feature_steps": 300},
                  "quick": {"steps": 3, "train_clips": 32, "eval_clips": 4, "feature_steps": 2}}
 DATA = {"frames": 8, "canvas": 16, "digit_size": 8}
 NET = {"name": "unet3d", "in_channels": 1, "image_size": 16, "num_classes": 10, "first_frame": True,

@@ -26,16 +26,16 @@ MAX_NUM = 64
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="video model: zoo:moving_digits_video")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="video model (default zoo:moving_digits_video)")
     parser.add_argument("--digit", type=int, default=None, help="digit class 0-9 of every clip (default: 0, 1, ...)")
-    parser.add_argument("--num", type=int, default=4, help=f"number of clips (1-{MAX_NUM})")
+    parser.add_argument("--num", type=int, default=4, help=f"number of clips (1-{MAX_NUM}; default 4)")
     parser.add_argument("--first-frame", default=None, help="PNG of the first frame to continue (grey, any size)")
-    parser.add_argument("--steps", type=int, default=25, help="sampler steps (1-1000)")
-    parser.add_argument("--sampler", default="ddim", help="any registered sampler (diffusekit samplers)")
+    parser.add_argument("--steps", type=int, default=25, help="sampler steps (1-1000; default 25)")
+    parser.add_argument("--sampler", default="ddim", help="any registered sampler (default ddim)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale (default: the model's recommended scale)")
-    parser.add_argument("--seed", type=int, default=0, help="seed; clip i uses seed + i")
-    parser.add_argument("--fps", type=float, default=4.0, help="GIF frames per second")
+    parser.add_argument("--seed", type=int, default=0, help="seed; clip i uses seed + i (default 0)")
+    parser.add_argument("--fps", type=float, default=4.0, help="GIF frames per second (default 4)")
     parser.add_argument("--out", required=True, help="output .gif (a .png contact sheet is written beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
