@@ -144,7 +144,7 @@ def test_quick_bench_directions(quick_bench):
 
 
 def test_prosody_data_split_is_zero_shot(quick_bench):
-    from diffusekit.methods.styletts_zs_data import FRAMES, prosody_dataset
+    from diffusekit.methods.styletts_zs_data import F0_RANGE, FRAMES, prosody_dataset
 
     data = prosody_dataset()  # cached by the bench run
     assert data.contours.shape == (240, 2, FRAMES) and data.phonemes.shape == (240, FRAMES)
@@ -153,4 +153,4 @@ def test_prosody_data_split_is_zero_shot(quick_bench):
     train = data.contours[data.train]
     assert torch.allclose(train.mean((0, 2)), torch.zeros(2), atol=1e-4)
     f0_hz = data.raw_contours[:, 0].exp()
-    assert 60 <= float(f0_hz.min()) and float(f0_hz.max()) <= 500
+    assert F0_RANGE[0] - 1e-3 <= float(f0_hz.min()) and float(f0_hz.max()) <= F0_RANGE[1] + 1e-3

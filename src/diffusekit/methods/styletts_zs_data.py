@@ -2,8 +2,9 @@
 energy contours resampled to a fixed length, text aligned to the same frames, speaker ids, a zero-shot split that
 holds out whole speakers, and the "speaker prompt" (the global style of another utterance of the same speaker).
 
-Contours. f0 is pYIN (``features.f0_contour``) at hop 320 (50 frames/s) over 60-500 Hz (8x cheaper than hop 160 to
-1 kHz and the same mean f0 on the corpus); energy is the frame RMS (same hop and 1024-sample frames) in log units:
+Contours. f0 is pYIN (``features.f0_contour``) at hop 320 (50 frames/s) with 512-sample frames over 65-500 Hz (two
+periods of 65 Hz fit a frame; ~15x cheaper than hop 160, 1024-sample frames to 1 kHz, with the same mean f0 on the
+corpus); energy is the frame RMS (hop 320, 1024-sample frames) in log units:
 
     logf0_k = ln f0_k on voiced frames, linearly interpolated over unvoiced frames (held at the ends),
     energy_k = ln(rms_k + 1e-4),
@@ -37,7 +38,8 @@ __all__ = ["FRAMES", "HOP", "ProsodyData", "utterance_prosody", "prosody_dataset
 
 FRAMES = 64
 HOP = 320
-F0_RANGE = (60.0, 500.0)
+F0_RANGE = (65.0, 500.0)
+F0_FRAME = 512
 ENERGY_FLOOR = 1e-4
 
 
@@ -48,7 +50,7 @@ def utterance_prosody(wave: np.ndarray, boundaries, phoneme_ids, frames: int = F
 
     from ..domains.audio.features import MelConfig, f0_contour
 
-    f0, voiced, _ = f0_contour(wave, MelConfig(hop_length=HOP), fmin=F0_RANGE[0], fmax=F0_RANGE[1])
+    f0, voiced, _ = f0_contour(wave, MelConfig(hop_length=HOP, n_fft=F0_FRAME), fmin=F0_RANGE[0], fmax=F0_RANGE[1])
     rms = librosa.feature.rms(y=np.asarray(wave, np.float32), frame_length=1024, hop_length=HOP, center=True)[0]
     n = min(len(f0), len(rms))
     f0, voiced, energy = f0[:n], np.asarray(voiced[:n], bool) & np.isfinite(f0[:n]), np.log(rms[:n] + ENERGY_FLOOR)
@@ -130,7 +132,7 @@ def prompt_partners(speakers: torch.Tensor, index, pool, generator: torch.Genera
 
 @functools.lru_cache(maxsize=2)
 def prosody_dataset(held_out: int = 4, seed: int = 0, frames: int = FRAMES) -> ProsodyData:
-    """The shipped speech corpus as :class:`ProsodyData` (pYIN on all 240 utterances: ~10 s on one core, cached
+    """The shipped speech corpus as :class:`ProsodyData` (pYIN on all 240 utterances: ~9 s on one core, cached
     per process)."""
     from ..domains.audio.speech import PITCHES, VOICES, load_speech_corpus
     from ..domains.audio.tts import PhonemeVocabulary
