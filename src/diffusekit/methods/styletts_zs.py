@@ -177,7 +177,8 @@ class StyleDenoiserNet(nn.Module):
 
 
 def style_schedule() -> VESchedule:
-    """The VE (EDM) process of the style latent: sigma in [0.002, 10] (StyleTTS2 uses [1e-4, 3] with sd = 0.2)."""
+    """The VE (EDM) process of the style latent: sigma in [0.002, 10] (StyleTTS2 samples its style on a Karras
+    schedule over [1e-4, 3] with rho = 9; our latent has std sigma_data = 0.5, so sigma_max = 20 sigma_data)."""
     return VESchedule(SIGMA_MIN, SIGMA_MAX)
 
 

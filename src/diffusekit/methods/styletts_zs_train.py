@@ -240,8 +240,8 @@ def _perceptual_loss(vq: ProsodyVQ, y_student: torch.Tensor, y_teacher: torch.Te
 def distill_one_step(teacher: StyleDenoiserNet, vq: ProsodyVQ, latents: StyleLatents, noise: torch.Tensor,
                      condition: StyleCondition, targets: torch.Tensor, steps: int, *, seed: int = 0,
                      batch: int = 64, lr: float = 5e-4, progress: bool = False) -> tuple[OneStepStudent, list[float]]:
-    """Distill the guided multi-step teacher into one call (StyleTTS-ZS Sec. 3.3's perceptual-loss distillation on
-    a fixed set of teacher samples): the student starts from the teacher's weights and minimises
+    """Distill the guided multi-step teacher into one call (StyleTTS-ZS's perceptual-loss distillation on a fixed
+    set of teacher samples, arXiv 2409.10058): the student starts from the teacher's weights and minimises
     :func:`_perceptual_loss` between its one-call latent and the teacher's. Returns (student, per-step losses)."""
     import copy
 
