@@ -144,6 +144,7 @@ def build_captions_eclipse(budget: dict, assets_dir, progress: bool) -> dict:
     from ..data.captioned import make_captioned_digits
     from ..methods.eclipse_data import eclipse_pairs
     from . import load, write_asset
+    from .recipes_t2i import T2I_SCHEDULE
 
     b = ECLIPSE_BUDGETS[budget.get("kind", "full")]
     clip, t2i = load("captions_clip", assets_dir=assets_dir), load("captions_unet", assets_dir=assets_dir)
@@ -162,7 +163,7 @@ def build_captions_eclipse(budget: dict, assets_dir, progress: bool) -> dict:
     state = {**{f"prior.{k}": v for k, v in prior.state_dict().items()},
              **{f"decoder.{k}": v for k, v in decoder_net.state_dict().items()}}
     meta = {"kind": "eclipse", "net": {"prior": prior.config, "decoder": decoder_net.config},
-            "schedule": loss.schedule.config(), "loss": {"prediction": "eps", "lambda": LAMBDA,
+            "schedule": T2I_SCHEDULE, "loss": {"prediction": "eps", "lambda": LAMBDA,
                                                          "embedding_dropout": loss.embedding_dropout},
             "training": {"prior": {**PRIOR_TRAIN, "steps": b["prior_steps"]},
                          "decoder": {**DECODER_TRAIN, "steps": b["decoder_steps"], "warm_start": "zoo:captions_unet"},
