@@ -267,7 +267,7 @@ def vocode(vocoder, mel_image, *, length: int | None = None) -> np.ndarray:
     cut or zero-padded), with a :class:`VocosVocoder` or a :class:`GriffinLimVocoder`."""
     m = torch.as_tensor(np.asarray(mel_image, dtype=np.float32))
     if isinstance(vocoder, GriffinLimVocoder):
-        wave = vocoder(m.numpy(), length=length)
+        wave = vocoder(m.numpy())
     else:
         wave = vocoder(m[None])[0].numpy()
     if length is not None:
