@@ -35,7 +35,7 @@ from ..core.denoiser import Denoiser
 from ..core.grids import make_grid
 from ..core.noise import prior_sample, randn, randn_like
 from ..domains.audio.features import MelConfig
-from ..domains.audio.text2audio import FRAMES, TIME_POOL, audio_tokenizer, frozen_text_encoder, train_net
+from ..domains.audio.text2audio import FRAMES, TIME_POOL, audio_tokenizer, frozen_text_encoder
 from ..samplers import get_sampler
 from ..samplers.baseline import ddim_step_coefficients
 from ..samplers.registry import grid_steps
@@ -182,10 +182,17 @@ class RescaledCFGDenoiser(Denoiser):
 
 def train_ezaudio(images: torch.Tensor, captions: list[str], *, steps: int, masked: bool = True,
                   batch_size: int = 32, lr: float = 1e-3, seed: int = 0, net_options: dict | None = None,
-                  mask_prob: float = 0.25, progress: bool = False) -> tuple[TextConditionedDenoiser, dict]:
+                  mask_prob: float = 0.25, ema_decay: float | None = 0.999,
+                  progress: bool = False) -> tuple[TextConditionedDenoiser, dict]:
     """Train a fresh ``EzAudioDiT`` on (mel frames (N, 64, F) in [-1, 1], captions) with ``EzAudioLoss``
-    (``masked`` = EzAudio's masked-latent training; ``False`` = the unmasked baseline) on ``ezaudio_schedule()``.
-    Returns the v-prediction ``TextConditionedDenoiser`` and {"steps", "seconds", "parameters"}."""
+    (``masked`` = EzAudio's masked-latent training; ``False`` = the unmasked baseline) on ``ezaudio_schedule()``
+    with the library ``Trainer`` (AdamW ``lr``, warm-up min(50, steps), grad clip 1, EMA ``ema_decay`` of the
+    weights, which is the returned net; None = the raw weights). Returns the v-prediction
+    ``TextConditionedDenoiser`` and {"steps", "seconds", "parameters", "final_loss"}."""
+    import time
+
+    from ..training import TrainConfig, Trainer
+
     if images.ndim != 3 or images.shape[1] != N_MELS or len(captions) != images.shape[0]:
         raise ValueError(f"images must be (N, {N_MELS}, F) with one caption each; got {tuple(images.shape)} and "
                          f"{len(captions)} captions")
@@ -196,10 +203,17 @@ def train_ezaudio(images: torch.Tensor, captions: list[str], *, steps: int, mask
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = EzAudioDiT(N_MELS, images.shape[2], context_dim=encoder.width, **(net_options or {}))
-    info = train_net(net, loss, (images.float(), tokens, token_mask), steps=steps, batch_size=batch_size, lr=lr,
-                     seed=seed, progress=progress)
-    info["parameters"] = sum(p.numel() for p in net.parameters())
-    return loss.ezaudio_denoiser(net), info
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(50, steps), ema_decay=ema_decay,
+                      seed=seed, progress=progress, log_every=max(1, min(100, steps)))
+    t0 = time.perf_counter()
+    trainer = Trainer(net, loss, (images.float(), tokens, token_mask), cfg)
+    history = trainer.fit()
+    trained = (trainer.ema_model if ema_decay is not None else net).eval()
+    tail = list(history.get("loss", []))[-10:]
+    info = {"steps": int(steps), "seconds": time.perf_counter() - t0,
+            "parameters": sum(p.numel() for p in trained.parameters()),
+            "final_loss": float(sum(tail) / len(tail)) if tail else None}
+    return loss.ezaudio_denoiser(trained), info
 
 
 def ezaudio_denoiser(net: EzAudioDiT, *, seed: int = 0) -> TextConditionedDenoiser:

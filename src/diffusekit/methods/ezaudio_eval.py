@@ -56,12 +56,17 @@ def evaluate_inpainting(masked, baseline, real: torch.Tensor, captions: list[str
                         guidance: float = 3.0, rescale: float = 0.75, seed: int = 0) -> tuple[dict, dict]:
     """({method: scores}, {method: filled frames}) for the middle gap ``GAP`` of ``real`` (N, 64, 32).
 
-    Methods: ``ezaudio_masked`` (``sample_ezaudio`` with the known frames as input), ``replacement_unmasked``
+    Methods: ``ezaudio_masked`` (``sample_ezaudio`` with the known frames as input), ``ezaudio_no_context`` (the
+    same model and noise with every frame masked: text-to-audio from the caption alone, scored on the gap),
+    ``replacement_unmasked``
     (``inpaint_replacement`` with ``baseline``, the unmasked model; skipped when None), ``linear`` and ``real`` (the
     metric on the true frames: its floor). Same steps, guidance, rescale and seed for both models."""
     km = middle_gap_mask(len(captions), real.shape[2], *GAP)
     fills = {"ezaudio_masked": sample_ezaudio(masked, captions, known=real, known_mask=km, steps=steps,
                                               guidance=guidance, rescale=rescale, seed=seed)}
+    unknown = torch.ones_like(km)
+    fills["ezaudio_no_context"] = sample_ezaudio(masked, captions, known=real, known_mask=unknown, steps=steps,
+                                                 guidance=guidance, rescale=rescale, seed=seed)
     if baseline is not None:
         fills["replacement_unmasked"] = inpaint_replacement(baseline, captions, real, km, steps=steps,
                                                             guidance=guidance, rescale=rescale, seed=seed)

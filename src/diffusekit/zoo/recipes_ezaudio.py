@@ -8,14 +8,13 @@ returns an ``EzAudioModel``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EZAUDIO_NET = {"hidden_size": 64, "depth": 3, "num_heads": 4, "mlp_ratio": 2.0, "adapter_rank": 8}
+EZAUDIO_NET = {"hidden_size": 96, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, "adapter_rank": 8}
 EZAUDIO_BUDGETS = {"full": {"steps": 2500, "clips": 768, "eval_clips": 24},
                    "quick": {"steps": 4, "clips": 32, "eval_clips": 3}}
-EZAUDIO_TRAIN = {"batch_size": 32, "lr": 1e-3, "seed": 0}
+EZAUDIO_TRAIN = {"batch_size": 32, "lr": 1e-3, "seed": 0, "ema_decay": 0.999}
 
 
 @dataclass
@@ -30,36 +29,52 @@ class EzAudioModel:
     meta: dict = field(default_factory=dict)
 
 
-def build_events_ezaudio(budget: dict, assets_dir: Path, progress: bool) -> dict:
-    """Train both nets (``EZAUDIO_BUDGETS[kind]``), evaluate middle-gap inpainting on held-out clips, write the
-    asset with the metrics in its manifest."""
+def train_part(part: str, kind: str = "full", progress: bool = False):
+    """Train one of the asset's two nets: ``part`` "masked" (EzAudio's masked-latent training) or "baseline"
+    (unmasked); same clips, steps and seed. Returns (denoiser, info)."""
     import torch
 
     from ..methods.ezaudio import train_ezaudio
-    from ..methods.ezaudio_eval import evaluate_inpainting, inpainting_clips, training_data
+    from ..methods.ezaudio_eval import training_data
+
+    if part not in ("masked", "baseline"):
+        raise ValueError(f"part must be 'masked' or 'baseline'; got {part!r}")
+    torch.set_num_threads(1)
+    b = EZAUDIO_BUDGETS[kind]
+    images, captions, _ = training_data(b["clips"], seed=0)
+    return train_ezaudio(images, captions, steps=b["steps"], masked=part == "masked", net_options=EZAUDIO_NET,
+                         progress=progress, **EZAUDIO_TRAIN)
+
+
+def write_events_ezaudio(masked, baseline, infos: list[dict], kind: str, assets_dir: Path) -> dict:
+    """Evaluate middle-gap inpainting on held-out clips and write the asset (weights stored as float16, loaded
+    back as float32), the metrics in its manifest."""
+    import torch
+
+    from ..methods.ezaudio_eval import evaluate_inpainting, inpainting_clips
     from . import write_asset
 
-    torch.set_num_threads(1)
-    b = EZAUDIO_BUDGETS["quick" if budget.get("kind") == "quick" else "full"]
-    images, captions, _ = training_data(b["clips"], seed=0)
-    t0 = time.perf_counter()
-    masked, info_m = train_ezaudio(images, captions, steps=b["steps"], masked=True, net_options=EZAUDIO_NET,
-                                   progress=progress, **EZAUDIO_TRAIN)
-    baseline, info_u = train_ezaudio(images, captions, steps=b["steps"], masked=False, net_options=EZAUDIO_NET,
-                                     progress=progress, **EZAUDIO_TRAIN)
-    seconds = time.perf_counter() - t0
+    b = EZAUDIO_BUDGETS[kind]
     real, held_captions, events = inpainting_clips(b["eval_clips"], seed=1)
     scores, _ = evaluate_inpainting(masked, baseline, real, held_captions, events)
-    state = {f"masked.{k}": v for k, v in masked.net.state_dict().items()}
-    state.update({f"baseline.{k}": v for k, v in baseline.net.state_dict().items()})
+    state = {f"masked.{k}": v.to(torch.float16) for k, v in masked.net.state_dict().items()}
+    state.update({f"baseline.{k}": v.to(torch.float16) for k, v in baseline.net.state_dict().items()})
     meta = {"kind": "ezaudio", "net": {**masked.net.config}, "schedule": masked.schedule.config()["name"],
             "training": {**EZAUDIO_TRAIN, "steps": b["steps"], "clips": b["clips"], "data": "pitched_clips seed 0",
                          "masking": {"mask_prob": 0.25, "ratio": [0.25, 1.0], "span": 4}, "caption_dropout": 0.1,
-                         "budget": budget.get("kind", "full")},
-            "training_seconds": seconds, "seconds_per_model": [info_m["seconds"], info_u["seconds"]],
+                         "budget": kind, "stored_dtype": "float16"},
+            "training_seconds": sum(i["seconds"] for i in infos), "parts": {"masked": infos[0], "baseline": infos[1]},
             "metrics": {"middle_gap_inpainting": scores, "eval_clips": b["eval_clips"], "steps": 25, "guidance": 3.0},
             "loader": "diffusekit.zoo.recipes_ezaudio:load_events_ezaudio"}
     return write_asset("events_ezaudio", state, meta, assets_dir)
+
+
+def build_events_ezaudio(budget: dict, assets_dir: Path, progress: bool) -> dict:
+    """Train both nets (``EZAUDIO_BUDGETS[kind]``) one after the other, then ``write_events_ezaudio``."""
+    kind = "quick" if budget.get("kind") == "quick" else "full"
+    masked, info_m = train_part("masked", kind, progress)
+    baseline, info_u = train_part("baseline", kind, progress)
+    return write_events_ezaudio(masked, baseline, [info_m, info_u], kind, assets_dir)
 
 
 def load_events_ezaudio(state: dict, meta: dict) -> EzAudioModel:
@@ -72,6 +87,6 @@ def load_events_ezaudio(state: dict, meta: dict) -> EzAudioModel:
     nets = {}
     for part in ("masked", "baseline"):
         net = EzAudioDiT(**config)
-        net.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
+        net.load_state_dict({k[len(part) + 1:]: v.float() for k, v in state.items() if k.startswith(part + ".")})
         nets[part] = ezaudio_denoiser(net, seed=meta["training"]["seed"])
     return EzAudioModel(nets["masked"], nets["baseline"], int(config["frames"]), FRAME_SECONDS, meta)
