@@ -196,3 +196,20 @@ def test_quick_bench_direction(tmp_path):
     assert three_d["smoothness"] < 0.75 * two_d["smoothness"]
     assert table["real"]["consistency"] > 0.9
     assert (tmp_path / "video.png").is_file() and (tmp_path / "video_unet3d.gif").is_file()
+
+
+def test_video_cfg_is_the_guided_extrapolation_and_keeps_the_first_frame():
+    from diffusekit.core import NetworkDenoiser
+    from diffusekit.methods.video_diffusion import VideoCFGDenoiser
+
+    net = _nets(first_frame=True)["unet3d"]
+    den = NetworkDenoiser(net, VPDiscrete.named("linear", 1000), "v")
+    x, _, y = _inputs(frames=4)
+    t = torch.full((2,), 0.5, dtype=torch.float64)
+    first = x[:, 0]
+    with torch.no_grad():
+        cond = den(x, t, class_labels=y, first_frame=first)
+        null = den(x, t, class_labels=torch.full_like(y, 10), first_frame=first)
+        guided = VideoCFGDenoiser(den, 3.0)(x, t, class_labels=y, first_frame=first)
+    torch.testing.assert_close(guided, null + 3.0 * (cond - null), atol=1e-4, rtol=1e-4)
+    assert (cond - null).abs().max() > 1e-4

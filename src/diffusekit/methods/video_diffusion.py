@@ -29,7 +29,7 @@ import torch
 
 from ..core import noise
 from ..core._tensor import per_sample
-from ..core.denoiser import CFGDenoiser, NetworkDenoiser
+from ..core.denoiser import Denoiser, NetworkDenoiser
 from ..core.grids import make_grid
 from ..core.predictions import prediction_from_x0_eps
 from ..domains.video.nets import joint_frames_mask
@@ -37,7 +37,7 @@ from .thresholding import StaticThresholdDenoiser
 from ..samplers import get_sampler
 from ..training.losses import DiffusionLoss, class_condition, loss_weight, sample_times
 
-__all__ = ["mixed_noise", "VideoDiffusionLoss", "sample_videos", "train_video_net", "VideoModel"]
+__all__ = ["mixed_noise", "VideoDiffusionLoss", "sample_videos", "train_video_net", "VideoModel", "VideoCFGDenoiser"]
 
 
 def _check_share(shared_noise: float) -> float:
@@ -131,6 +131,26 @@ class VideoDiffusionLoss(DiffusionLoss):
         return per_example * per_sample(weight, per_example)
 
 
+class VideoCFGDenoiser(Denoiser):
+    """Classifier-free guidance on the class of a video denoiser (Ho & Salimans 2022, arXiv 2207.12598, eq. 6):
+    x0_hat = x0_u + w (x0_c - x0_u), both passes in one batched call; the null pass swaps the class for the null
+    class and keeps the other conditions (the first frame, duplicated with the batch; the frame mask)."""
+
+    def __init__(self, denoiser: NetworkDenoiser, scale: float):
+        super().__init__(denoiser.schedule)
+        self.inner, self.scale = denoiser, float(scale)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, *, class_labels: torch.Tensor, first_frame=None,
+                **cond) -> torch.Tensor:
+        null = torch.full_like(class_labels, self.inner.null_class)
+        if first_frame is not None:
+            cond["first_frame"] = torch.cat([first_frame, first_frame])
+        both = self.inner.denoise(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([class_labels, null]),
+                                  **cond)
+        x0_c, x0_u = both.chunk(2)
+        return x0_u + self.scale * (x0_c - x0_u)
+
+
 @torch.no_grad()
 def sample_videos(denoiser: NetworkDenoiser, labels: torch.Tensor | None, *, frames: int, num: int | None = None,
                   first_frame: torch.Tensor | None = None, steps: int = 25, sampler: str = "ddim",
@@ -138,7 +158,7 @@ def sample_videos(denoiser: NetworkDenoiser, labels: torch.Tensor | None, *, fra
                   frame_mask: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
     """Clips (N, T, C, H, W) from a video ``NetworkDenoiser``: x_T = mixed_noise(..., a) (the noise law the net was
     trained with, a = ``shared_noise``) integrated by any registered ``sampler`` on ``make_grid(grid, steps)``;
-    ``guidance`` w != 1 wraps the denoiser in ``CFGDenoiser`` (x0_u + w (x0_c - x0_u), arXiv 2207.12598).
+    ``guidance`` w != 1 wraps the denoiser in ``VideoCFGDenoiser`` (x0_u + w (x0_c - x0_u), arXiv 2207.12598).
     Clip i draws all its noise from its own generator seeded ``seed + i``, so a clip does not depend on the batch.
     ``first_frame`` (N, C, H, W) conditions first-frame nets; ``frame_mask`` (T, T) masks temporal attention
     (``independent_frames_mask`` samples every frame on its own). ``clip_x0``: static thresholding of x0_hat to
@@ -166,7 +186,7 @@ def sample_videos(denoiser: NetworkDenoiser, labels: torch.Tensor | None, *, fra
     if guidance != 1.0:
         if labels is None:
             raise ValueError("classifier-free guidance needs class labels")
-        den = CFGDenoiser(denoiser, guidance)
+        den = VideoCFGDenoiser(denoiser, guidance)
     if clip_x0:
         den = StaticThresholdDenoiser(den)
     info = get_sampler(sampler)
