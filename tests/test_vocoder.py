@@ -100,9 +100,10 @@ def test_quick_bench_training_improves_on_the_untrained_start(tmp_path):
     # the network's own phase and magnitude: trained beats its untrained start by a clear margin
     assert t["vocoder (network phase)"]["sc"] < 0.9 * t["untrained (network phase)"]["sc"]
     assert t["vocoder (network phase)"]["lsd"] < t["untrained (network phase)"]["lsd"] - 1.0
-    # with Griffin-Lim refinement, the trained magnitude beats the pseudo-inverse one
-    assert t["vocoder+GL32"]["lsd"] < t["untrained+GL32"]["lsd"]
-    assert t["vocoder+GL32"]["f0_cents"] < t["untrained+GL32"]["f0_cents"]
+    # with Griffin-Lim refinement, the trained magnitude beats the pseudo-inverse one (quick: 7.48 vs 7.85 dB)
+    assert t["vocoder+GL32"]["lsd"] < t["untrained+GL32"]["lsd"] - 0.2
+    # on event clips (silence around the events) it beats librosa's Griffin-Lim by far (quick: 13.9 vs 20.3 dB)
+    assert t["vocoder+GL32"]["events"]["lsd"] < t["griffin-lim@64"]["events"]["lsd"] - 3.0
     assert result["ships"] == (t["vocoder+GL32"]["lsd"] <= t["griffin-lim@64"]["lsd"] - 1.0
                                and t["vocoder+GL32"]["sc"] <= 0.9 * t["griffin-lim@64"]["sc"]
                                and t["vocoder+GL32"]["f0_cents"] <= 0.9 * t["griffin-lim@64"]["f0_cents"])
