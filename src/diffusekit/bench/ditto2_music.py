@@ -21,7 +21,8 @@ iterations, lr and norm regulariser, all decoded by the same full DDIM sampler:
 
 Per row and control: ``loss`` (mean control loss of the decoded output), ``accuracy`` (hard read-out, see
 ``control_accuracy``), ``monophony`` (fraction of beats with at most one sounding degree; the data has 1.0: does
-the output stay music-like?), ``seconds`` (optimisation + decode) and ``optimiser_nfe``.
+the output stay music-like?), ``sounding`` (fraction of beats with a sounding note: a silent roll trivially
+repeats itself; the data's value is ``data_sounding``), ``seconds`` (optimisation + decode) and ``optimiser_nfe``.
 """
 
 from __future__ import annotations
@@ -107,13 +108,15 @@ def _run(quick: bool):
                 acc = control_accuracy(control, x0, targets[control])
             table[control][row] = {"loss": float(per.mean()), "loss_median": float(per.median()),
                                     "accuracy": float(acc.mean()), "accuracy_se": float(acc.std() / n ** 0.5),
-                                    "monophony": float(monophony(x0).mean()), "seconds": seconds,
+                                    "monophony": float(monophony(x0).mean()),
+                                    "sounding": float((hard_notes(x0) >= 0).double().mean()), "seconds": seconds,
                                     "optimiser_nfe": nfe, "decode_nfe": dsteps}
             shown[control][row] = x0[0]
             bar.update()
     bar.close()
     with torch.no_grad():
         data_mono = float(monophony(x_train[:n]).mean())
+        data_sounding = float((hard_notes(x_train) >= 0).double().mean())
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
     colors = {"none": "grey", "ditto": "C0", "ditto2": "C1", "ditto2_ddim1": "C2"}
@@ -164,7 +167,8 @@ def _run(quick: bool):
                 f"/ 1-step DDIM surrogate {t['ditto2_ddim1']['accuracy']:.2f}")
 
     return {"config": cfg, "rows": list(ROWS), "teacher": teacher_info, "student": {**student_info, "sampling": native},
-            "data_monophony": data_mono, "table": table, "summary": "; ".join(line(c) for c in CONTROLS),
+            "data_monophony": data_mono, "data_sounding": data_sounding, "table": table,
+            "summary": "; ".join(line(c) for c in CONTROLS),
             "files": files}, fig
 
 
