@@ -23,12 +23,13 @@ HELP = "text-to-audio with Auffusion (zoo:events_auffusion): writes a wav and it
 
 
 def add_arguments(parser) -> None:
+    d = " (default: %(default)s)"
     parser.add_argument("--caption", required=True, help='what to generate, e.g. "a rising chirp"')
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)" + d)
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps" + d)
     parser.add_argument("--model", default="zoo:events_auffusion",
-                        help="zoo:NAME or the path of an asset manifest NAME.json (weights beside it)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of Griffin-Lim")
+                        help="zoo:NAME or the path of an asset manifest NAME.json (weights beside it)" + d)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prior noise and of Griffin-Lim" + d)
     parser.add_argument("--out", required=True, help="output .wav (the spectrogram .png is written beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out and its PNG if they exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")

@@ -27,15 +27,16 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 
 def add_arguments(parser) -> None:
+    d = " (default: %(default)s)"
     parser.add_argument("--text", required=True, help="what to say (English words; digits are read one by one)")
-    parser.add_argument("--voice", default="en-us", help="espeak-ng voice of the corpus (see the error for the list)")
-    parser.add_argument("--rate", type=int, default=160, help="speaking rate in words per minute (a corpus setting)")
-    parser.add_argument("--pitch", type=int, default=50, help="espeak-ng pitch 0-99 (a corpus setting)")
-    parser.add_argument("--steps", type=int, default=2, help="2: the distilled student; 4: the teacher")
-    parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim or zoo:speech_vocoder")
+    parser.add_argument("--voice", default="en-us", help="espeak-ng voice of the corpus (the error lists them)" + d)
+    parser.add_argument("--rate", type=int, default=160, help="speaking rate, words per minute (a corpus setting)" + d)
+    parser.add_argument("--pitch", type=int, default=50, help="espeak-ng pitch 0-99 (a corpus setting)" + d)
+    parser.add_argument("--steps", type=int, default=2, help="2: the distilled student; 4: the teacher" + d)
+    parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim or zoo:speech_vocoder" + d)
     parser.add_argument("--model", default="zoo:speech_prodiff",
-                        help="zoo:NAME or the path of an asset manifest NAME.json (weights beside it)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+                        help="zoo:NAME or the path of an asset manifest NAME.json (weights beside it)" + d)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise" + d)
     parser.add_argument("--out", required=True, help="output .wav (the spectrogram .png is written beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out and its PNG if they exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
