@@ -4,7 +4,8 @@ training, on class-conditional moving-digit generation ("Video Diffusion Models:
 
 Data: 8-frame 16 x 16 clips of one 8 x 8 digit moving at 1-2 px/frame and bouncing (``moving_digits``). The video set
 is small (``train_clips``); joint training adds ``images_per_clip`` same-class single frames per clip from a larger
-image set (frames of other clips), masked out of the temporal attention. Every net is class-conditional (label dropout
+image set (frames of other clips), masked out of the temporal attention; "+shared" trains and samples with cross-frame
+mixed noise (PYoCo, arXiv 2305.10474; a = 0.9). Every net is class-conditional (label dropout
 0.1), v prediction (Salimans & Ho 2022, arXiv 2202.00512; at these budgets eps-prediction samples are still noise
 after 120 steps while v gives digit-like blobs) on the linear VP schedule, AdamW 2e-3, the same batch and the same
 number of steps; sampling is DDIM on a uniform grid with x0 clipped to [-1, 1], conditional model (no guidance), one
@@ -32,8 +33,9 @@ BUDGETS = {True: {"train_clips": 256, "image_clips": 512, "images_per_clip": 4, 
                   "variants": ("per_frame_2d", "unet3d")},
            False: {"train_clips": 256, "image_clips": 2048, "images_per_clip": 4, "steps": 800, "batch_size": 8,
                    "eval_clips": 50, "sample_steps": 20, "feature_steps": 300,
-                   "variants": ("per_frame_2d", "per_frame_2d+joint", "unet3d", "unet3d+joint", "video_dit",
-                                "video_dit+joint")}}
+                   "variants": ("per_frame_2d", "per_frame_2d+joint", "per_frame_2d+shared", "unet3d", "unet3d+joint",
+                                "video_dit", "video_dit+joint")}}
+SHARED_NOISE = 0.9  # the "+shared" variants: cross-frame mixed noise in training and sampling (PYoCo)
 
 
 def video_net(kind: str, *, first_frame: bool = False):
@@ -93,16 +95,18 @@ def run_video(quick: bool) -> tuple[dict, object]:
     shown, files = {}, {}
     for variant in bench_progress(b["variants"], desc="video: nets"):
         kind, joint = variant.split("+")[0], variant.endswith("+joint")
+        shared = SHARED_NOISE if variant.endswith("+shared") else 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = video_net(kind)
         loss = VideoDiffusionLoss(schedule, "v", label_dropout=0.1, images=images if joint else None,
                                   image_labels=image_labels if joint else None,
-                                  images_per_clip=b["images_per_clip"] if joint else 0)
+                                  images_per_clip=b["images_per_clip"] if joint else 0, shared_noise=shared)
         denoiser, info = train_video_net(net, loss, train.videos, train.labels, steps=b["steps"],
                                          batch_size=b["batch_size"], seed=0)
         t0 = time.perf_counter()
-        clips = sample_videos(denoiser, labels, frames=CANVAS["frames"], steps=b["sample_steps"], seed=0)
+        clips = sample_videos(denoiser, labels, frames=CANVAS["frames"], steps=b["sample_steps"], seed=0,
+                              shared_noise=shared)
         sample_seconds = time.perf_counter() - t0
         row = video_report(clips, labels, test.videos, classifier=classifier, feature_net=feature_net)
         row.update(params=sum(p.numel() for p in net.parameters()), train_seconds=info["seconds"],
@@ -120,6 +124,10 @@ def run_video(quick: bool) -> tuple[dict, object]:
                f"{two_d['fvd']:.1f} vs {three_d['fvd']:.1f}")
     if "video_dit" in table:
         summary += f"; DiT consistency {table['video_dit']['consistency']:.2f}, FVD {table['video_dit']['fvd']:.1f}"
+    if "per_frame_2d+shared" in table:
+        summary += (f"; per-frame 2-D with shared noise a={SHARED_NOISE}: smoothness "
+                    f"{table['per_frame_2d+shared']['smoothness']:.2f}, consistency "
+                    f"{table['per_frame_2d+shared']['consistency']:.2f}")
     for kind in ("per_frame_2d", "unet3d", "video_dit"):
         if f"{kind}+joint" in table:
             summary += (f"; {kind} + joint images: frame FD {table[kind]['frame_fd']:.0f} -> "
