@@ -66,7 +66,9 @@ class VideoDiffusionLoss(DiffusionLoss):
     ``batch`` = (clips (B, T, C, H, W), labels (B,)) or (clips,). Options beyond ``DiffusionLoss``'s:
     ``shared_noise`` a in [0, 1]; ``images`` (M, C, H, W) with ``image_labels`` (M,) and ``images_per_clip`` k > 0
     for joint image-video training (k same-class images appended as masked frames); ``first_frame_dropout`` p (nets
-    with ``first_frame=True`` get the clip's clean frame 0 with probability 1 - p, else zeros).
+    with ``first_frame=True`` get the clip's clean frame 0 with probability 1 - p, else zeros; with joint training
+    the appended image frames see that channel too, as extra context they learn to ignore). ``generator``: one CPU
+    generator (the trainer's default ``loss_noise="per_rank"``).
     """
 
     def __init__(self, schedule, prediction: str = "eps", *, shared_noise: float = 0.0,
@@ -100,6 +102,9 @@ class VideoDiffusionLoss(DiffusionLoss):
         return torch.cat([clips, self.images[torch.stack(picks)].to(clips)], dim=1)
 
     def __call__(self, net: torch.nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(generator, (list, tuple)):
+            raise ValueError("VideoDiffusionLoss draws from one generator per batch (TrainConfig loss_noise="
+                             "'per_rank'); per-example generators are not supported")
         clips = batch[0]
         labels = batch[1] if len(batch) > 1 else None
         b, frames = clips.shape[:2]
