@@ -87,6 +87,17 @@ def test_zoo_quick_build_round_trip(tmp_path, chirp):
     vocoder = load("speech_vocoder", assets_dir=tmp_path)
     mel = mel_image(chirp)
     assert np.isfinite(vocode(vocoder, mel)).all()
+    # the tts command takes such a (not shipped) vocoder by its manifest path
+    from diffusekit.cli import main
+
+    out = tmp_path / "cat.wav"
+    assert main(["audio", "tts", "--text", "cat", "--vocoder", str(tmp_path / "speech_vocoder.json"),
+                 "--out", str(out)]) == 0
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    (tmp_path / "speech_vocoder.safetensors").write_bytes(b"broken")
+    assert main(["audio", "tts", "--text", "cat", "--vocoder", str(tmp_path / "speech_vocoder.json"),
+                 "--out", str(tmp_path / "dog.wav")]) == 2
+    assert not (tmp_path / "dog.wav").exists()
 
 
 def test_quick_bench_training_improves_on_the_untrained_start(tmp_path):

@@ -10,7 +10,9 @@ utterances, the requested voice's pronunciation when it was recorded). Words out
 (the Debian package) at synthesis time; without it the command stops with one error line naming the unknown words.
 Phonemes -> mel: ProDiff (Huang et al. 2022, arXiv 2207.06389) with durations from its duration predictor, the
 distilled student in 2 DDIM steps (``--steps 4``: the teacher). Mel -> wave: Griffin-Lim (32 iterations) or the
-trained vocoder (``zoo:speech_vocoder``, where built). Writes x.wav (16 kHz, 16-bit) and its spectrogram x.png.
+trained vocoder of ``domains.audio.vocoder`` (``--vocoder DIR/speech_vocoder.json`` as written by
+``zoo.recipes_audio.build_speech_vocoder``; it is not shipped: see ``bench vocoder``). Writes x.wav (16 kHz,
+16-bit) and its spectrogram x.png.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rate", type=int, default=160, help="speaking rate, words per minute (a corpus setting)" + d)
     parser.add_argument("--pitch", type=int, default=50, help="espeak-ng pitch 0-99 (a corpus setting)" + d)
     parser.add_argument("--steps", type=int, default=2, help="2: the distilled student; 4: the teacher" + d)
-    parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim or zoo:speech_vocoder" + d)
+    parser.add_argument("--vocoder", default="griffin-lim",
+                        help="griffin-lim, or the manifest DIR/NAME.json of a trained vocoder" + d)
     parser.add_argument("--model", default="zoo:speech_prodiff",
                         help="zoo:NAME or the path of an asset manifest NAME.json (weights beside it)" + d)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise" + d)
@@ -132,13 +135,39 @@ def text_to_phonemes(text: str, voice: str, rate: int, pitch: int, meta: dict) -
 
 
 def check_vocoder(spec: str):
-    """None for Griffin-Lim, else (name, folder) of the trained vocoder asset (checked to exist)."""
+    """None for Griffin-Lim, else the loaded trained vocoder: ``zoo:speech_vocoder`` (where the zoo ships it) or
+    the manifest ``DIR/NAME.json`` that ``zoo.recipes_audio.build_speech_vocoder`` wrote (sha256-checked)."""
+    import json
+
+    from ...zoo import MODELS, sha256_file
+
     if spec == "griffin-lim":
         return None
-    if spec not in VOCODER_CHOICES[1:] and not spec.endswith(".json"):
-        raise UserError(f"--vocoder must be one of {', '.join(VOCODER_CHOICES)}; got {spec!r}")
-    name, folder, _ = read_manifest(spec, "vocoder", "--vocoder")
-    return name, folder
+    if spec.startswith("zoo:") and spec[4:] in MODELS:
+        name, folder, _ = read_manifest(spec, "vocoder", "--vocoder")
+        return load_asset(name, folder, "--vocoder")
+    path = Path(spec)
+    if path.suffix != ".json" or not path.is_file():
+        raise UserError(f"--vocoder must be one of {', '.join(VOCODER_CHOICES)} (where shipped) or the path of a "
+                        f"vocoder manifest NAME.json; got {spec!r}")
+    try:
+        meta = json.loads(path.read_text())
+        weights = path.parent / meta["file"]
+        ok = meta.get("kind") == "vocoder" and weights.is_file() and sha256_file(weights) == meta["sha256"]
+    except (ValueError, KeyError, TypeError, OSError):
+        ok = False
+    if not ok:
+        raise UserError(f"--vocoder {spec}: not a vocoder manifest whose weights file matches its sha256")
+
+    from safetensors.torch import load_file
+
+    from ...zoo.recipes_audio import load_speech_vocoder
+
+    try:
+        return load_speech_vocoder(load_file(str(weights)), meta)
+    except (TypeError, RuntimeError) as err:
+        raise UserError(f"--vocoder {spec}: does not fit this version's vocoder ({str(err).splitlines()[0]}); "
+                        f"rebuild it") from None
 
 
 def run(args) -> int:
@@ -174,7 +203,7 @@ def run(args) -> int:
     if vocoder_asset is None:
         wave = vocode(mel[0], f, seed=args.seed)
     else:
-        wave = neural_vocode(load_asset(*vocoder_asset, "--vocoder"), mel[0, :, :f].numpy())
+        wave = neural_vocode(vocoder_asset, mel[0, :, :f].numpy())
     wav, png = write_wav_with_spectrogram(args.out, np.asarray(wave), title=f"{args.text} ({args.voice})",
                                           overwrite=args.overwrite)
     print(f"wrote {wav} ({wave.size / 16000:.2f} s, {len(phonemes)} phonemes from {source}, {args.steps} steps, "
