@@ -2,8 +2,9 @@
 
 DreamBooth (Ruiz et al. 2023, arXiv 2208.12242) fine-tunes the whole text-to-image network on a few images of the
 subject captioned with the class word, ``L = E_{t, eps} || eps_theta(x_t, t, c_subject) - eps ||^2`` (their eq. 1
-without the prior-preservation term, which we leave out: at a few dozen steps on one subject it is not needed to
-keep the class), then samples new prompts with CFG. Here the network is a copy of the zoo's ``captions_unet``, the
+without the prior-preservation term of their eq. 2: a trial with 2,000 captioned train-split images as the
+preservation set changed neither the judge's scores nor the noisy backgrounds of the fine-tuned samples, on 4
+subjects), then samples new prompts with CFG. Here the network is a copy of the zoo's ``captions_unet``, the
 subject images are the subject drawn with 1-pixel random shifts, and their caption says its digit, colour and
 stroke. Its per-subject cost (steps, seconds, trained parameters) is what λ-ECLIPSE's single prior pass avoids.
 """
