@@ -190,7 +190,6 @@ def _lazy_builder(spec: str):
 
 BUILDERS.update({  # audio (issue 16), video and personalisation (issue 17): each recipe reads budget["kind"]
     "speech_prodiff": _lazy_builder(".recipes_audio:build_speech_prodiff"),
-    "speech_vocoder": _lazy_builder(".recipes_audio:build_speech_vocoder"),
     "events_auffusion": _lazy_builder(".recipes_audio:build_events_auffusion"),
     "events_ezaudio": _lazy_builder(".recipes_ezaudio:build_events_ezaudio"),
     "moving_digits_video": _lazy_builder(".recipes_video:build_moving_digits_video"),

@@ -5,7 +5,9 @@
   ``teacher.`` / ``student.``); the manifest carries the phoneme vocabulary, the voice / rate / pitch tables, the
   schedule and grids, and a lexicon (word -> espeak-ng phonemes per voice, from the corpus' one-word utterances,
   plus every utterance's whole text) so that synthesis needs no espeak-ng for in-corpus words.
-* ``speech_vocoder``: the Vocos / APNet-style vocoder of ``domains.audio.vocoder`` trained on the corpus and
+* ``speech_vocoder`` (NOT shipped, not in ``zoo.MODELS``: it did not beat Griffin-Lim by the stated margins, see
+  ``bench vocoder``; ``build_speech_vocoder`` writes it to any folder, ``audio tts --vocoder DIR/speech_vocoder.json``
+  uses it): the Vocos / APNet-style vocoder of ``domains.audio.vocoder`` trained on the corpus and
   procedural event clips (see ``bench vocoder`` for whether it beats Griffin-Lim; it ships only if it does).
 * ``events_auffusion``: the Auffusion text-to-audio UNet (Xue et al. 2024, arXiv 2401.01044; ``methods.auffusion``)
   on the pitched event clips of ``bench auffusion``, with its frozen text encoder (prefix ``text_encoder.``) and

@@ -41,7 +41,7 @@ __all__ = ["VOCODERS", "ConvNeXtBlock", "VocosVocoder", "griffin_lim_refine", "m
            "anti_wrapping", "phase_losses", "VocoderLoss", "vocoder_segments", "train_vocoder", "vocode",
            "GriffinLimVocoder", "SHIP_CRITERION", "meets_ship_criterion"]
 
-VOCODERS = ("griffin-lim", "zoo:speech_vocoder")
+VOCODERS = ("griffin-lim",)  # shipped; a trained one is loaded from its manifest path (cli_tts)
 STFT_RESOLUTIONS = ((256, 64, 256), (512, 128, 512), (1024, 256, 1024))
 SHIP_CRITERION = {"lsd_margin_db": 1.0, "sc_relative": 0.9, "f0_relative": 0.9, "baseline": "griffin-lim@64"}
 
