@@ -75,17 +75,18 @@ def test_pitched_clip_validates_kind():
 
 
 def test_quick_bench_direction(tmp_path):
-    """Honest invariant at the quick budget (150 steps): the denoiser has learned the mel images (held-out eps-MSE
-    far below the zero predictor's 1.0) and the real-clip row shows the sample metrics measure what they claim. The
-    caption's effect is NOT visible yet at this budget (measured: true vs null-caption loss equal to 1e-5, samples
-    at chance); the CFG-vs-none comparison is the full bench's (docs)."""
+    """The quick run measures the shipped ``events_auffusion`` (trained by the full recipe) on 16 requests at 10 DDIM
+    steps: CFG w=3 raises event-kind accuracy over w=1 (measured 0.25 -> 0.81) and keeps the sweep direction
+    (0.75 -> 0.88); the real-clip row shows the metrics measure what they claim. Tone pitch is not asserted: it does
+    not follow the caption (docs/benchmarks.md)."""
     from diffusekit.bench import run_bench
 
     result = run_bench("auffusion", out=tmp_path, quick=True)
-    table, text_use = result["table"], result["text_use"]
+    table = result["table"]
     assert (tmp_path / "auffusion.json").exists() and (tmp_path / "auffusion.png").exists()
+    assert result["train"]["source"] == "zoo:events_auffusion"
     assert table["real"]["kind_accuracy"] >= 0.9 and table["real"]["sweep_accuracy"] >= 0.9
     assert table["real"]["tone_cents"] < 100
-    assert text_use["eps_mse_true_captions"] < 0.5
-    for row in ("w=1", "w=3"):
-        assert 0 <= table[row]["kind_accuracy"] <= 1 and table[row]["rtf"] > 0
+    assert table["w=3"]["kind_accuracy"] >= table["w=1"]["kind_accuracy"] + 0.3, result["summary"]
+    assert table["w=3"]["sweep_accuracy"] >= table["w=1"]["sweep_accuracy"], result["summary"]
+    assert result["text_use"]["eps_mse_true_captions"] < 0.8 * result["text_use"]["eps_mse_shuffled_captions"]
