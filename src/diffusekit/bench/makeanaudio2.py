@@ -37,8 +37,8 @@ from ..methods.makeanaudio2 import FrameEventClassifier, event_order_correct, sa
 from . import bench_progress, register_bench
 
 ORDER_KINDS = ("tone", "chirp_up", "noise_burst")
-BUDGETS = {True: {"train_clips": 256, "steps": 200, "batch_size": 16, "test_clips": 32, "guidance": (1.0, 3.0),
-                  "sample_steps": 10},
+BUDGETS = {True: {"train_clips": 256, "steps": 0, "batch_size": 16, "test_clips": 32, "guidance": (1.0, 3.0),
+                  "sample_steps": 10},  # steps 0: evaluate the shipped zoo:events_makeanaudio2 (the full recipe)
            False: {"train_clips": 1024, "steps": 1500, "batch_size": 16, "test_clips": 96, "guidance": (1.0, 3.0),
                    "sample_steps": 20}}
 
@@ -75,8 +75,15 @@ def run_makeanaudio2(quick: bool) -> tuple[dict, object]:
     info, shown, files = {}, {}, {}
     for arm in bench_progress(("structured", "unordered"), desc="makeanaudio2: arms"):
         plain, structured = captions_for(clips, arm)
-        denoiser, info[arm] = train_makeanaudio2(frames, plain, structured, steps=b["steps"],
-                                                 batch_size=b["batch_size"], lr=2e-3, seed=0)
+        if b["steps"]:
+            denoiser, info[arm] = train_makeanaudio2(frames, plain, structured, steps=b["steps"],
+                                                     batch_size=b["batch_size"], lr=2e-3, seed=0)
+        else:  # a 200-step model shows no order effect yet, so --quick measures the shipped pair
+            from .. import zoo
+
+            denoiser = zoo.load("events_makeanaudio2")[arm]
+            info[arm] = {"steps": zoo.manifest("events_makeanaudio2")["training"]["steps"],
+                         "source": "zoo:events_makeanaudio2"}
         test_plain, test_structured = captions_for(test_clips, arm)
         true_mse = held_out_eps_mse(denoiser, test_frames, denoiser.condition(test_plain, test_structured))
         swapped_mse = held_out_eps_mse(denoiser, test_frames, denoiser.condition(*captions_for(test_clips, arm, True)))
@@ -101,7 +108,8 @@ def run_makeanaudio2(quick: bool) -> tuple[dict, object]:
             table[f"{arm} w={w:g}"] = row
     w = b["guidance"][-1]
     s, u = table[f"structured w={w:g}"], table[f"unordered w={w:g}"]
-    summary = (f"Make-An-Audio 2 (in-context DiT, dual text encoders), {b['steps']} steps, DDIM {b['sample_steps']} "
+    summary = (f"Make-An-Audio 2 (in-context DiT, dual text encoders), {info['structured']['steps']} steps, "
+               f"DDIM {b['sample_steps']} "
                f"CFG {w:g}: event-order accuracy {u['order_accuracy']:.2f} with unordered captions -> "
                f"{s['order_accuracy']:.2f} with plain + structured captions (real clips "
                f"{table['real']['order_accuracy']:.2f}, chance 0.5); 24-frame clips "

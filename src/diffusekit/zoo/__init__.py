@@ -42,7 +42,7 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 MODELS = ("digits_classifier", "digits_unet", "toy_ring8", "patches_unet", "digits_student_2step", "digits_dit",
           "captions_clip", "captions_judge", "captions_unet", "digits_bn_classifier", "digits04_bn_classifier",
           # audio (issue 16) and video / personalisation (issue 17); loaded through their manifest's "loader"
-          "speech_prodiff", "events_auffusion", "events_ezaudio",
+          "speech_prodiff", "events_auffusion", "events_ezaudio", "events_makeanaudio2",
           "moving_digits_video", "moving_digits_cbb", "captions_eclipse")
 
 

@@ -192,6 +192,7 @@ BUILDERS.update({  # audio (issue 16), video and personalisation (issue 17): eac
     "speech_prodiff": _lazy_builder(".recipes_audio:build_speech_prodiff"),
     "events_auffusion": _lazy_builder(".recipes_audio:build_events_auffusion"),
     "events_ezaudio": _lazy_builder(".recipes_ezaudio:build_events_ezaudio"),
+    "events_makeanaudio2": _lazy_builder(".recipes_makeanaudio2:build_events_makeanaudio2"),
     "moving_digits_video": _lazy_builder(".recipes_video:build_moving_digits_video"),
     "moving_digits_cbb": _lazy_builder(".recipes_cbb:build_moving_digits_cbb"),
     "captions_eclipse": _lazy_builder(".recipes_eclipse:build_captions_eclipse"),
