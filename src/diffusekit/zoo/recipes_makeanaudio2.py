@@ -6,8 +6,8 @@ baseline's unordered captions, at the full bench's budget (1024 clips, 1500 Adam
 prediction). Weights are stored under the prefixes ``structured.`` / ``unordered.`` (network) and
 ``<arm>.plain_encoder.`` / ``<arm>.structured_encoder.`` (the frozen encoders, stored rather than re-seeded so the
 file does not depend on torch's initialisation), in float16 (2.4 MB; loaded back into float32 modules).
-``bench makeanaudio2 --quick`` evaluates these models instead of training undertrained ones; ``zoo.load("events_makeanaudio2")`` returns ``{"structured": DualCaptionDenoiser,
-"unordered": DualCaptionDenoiser}``.
+``bench makeanaudio2 --quick`` evaluates these models instead of training undertrained ones;
+``zoo.load("events_makeanaudio2")`` returns ``{"structured": DualCaptionDenoiser, "unordered": DualCaptionDenoiser}``.
 """
 
 from __future__ import annotations
