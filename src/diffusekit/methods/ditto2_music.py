@@ -19,7 +19,8 @@ multi-step sampler. The loops are ``methods.ditto`` (``optimize_noise``, ``ditto
     loudness curve); L = mean_b (l~_b - y_b)^2 against a target envelope y;
   - melody: soft pitch read-out p^_b = sum_p p softmax_p(a_{p,b} / tau) (tau = 0.05); L = mean over the target's
     voiced beats of (p^_b - y_b)^2 (in scale degrees) plus (1 - max_p a_{p,b})^2 so those beats sound;
-  - structure: L = mean (x_{:, :N/2} - x_{:, N/2:})^2 (the second half repeats the first);
+  - structure: L = mean (x_{:, :N/2} - x_{:, N/2:})^2 + (mean_b l_b - 0.5)^2 (the second half repeats the first
+    at a data-like note density; without the density term silence is the easiest repetition);
   with hard accuracies read from the decoded roll (a note sounds when max_p a > 0.2, at argmax_p a).
 """
 
@@ -114,13 +115,18 @@ def melody_loss(target: torch.Tensor, voiced: torch.Tensor, temperature: float =
     return loss
 
 
-def structure_loss():
-    """L(x0) = mean (x0[..., :N/2] - x0[..., N/2:])^2 per example (B,): the second half repeats the first
-    (DITTO's structure control as an AABB-style self-similarity target, here A A)."""
+def structure_loss(density: float | None = 0.5):
+    """L(x0) = mean (x0[..., :N/2] - x0[..., N/2:])^2 + (mean_b l_b - density)^2 per example (B,): the second half
+    repeats the first (DITTO's structure control as an A A self-similarity target) while the mean loudness
+    l_b = sum_p a_{p,b} stays at ``density`` (the data's is about 0.5); without the density term (``None``) a
+    silent roll repeats itself trivially and the optimiser finds it."""
 
     def loss(x0: torch.Tensor) -> torch.Tensor:
         half = x0.shape[-1] // 2
-        return (x0[..., :half] - x0[..., half:2 * half]).pow(2).flatten(1).mean(-1)
+        out = (x0[..., :half] - x0[..., half:2 * half]).pow(2).flatten(1).mean(-1)
+        if density is not None:
+            out = out + (roll_activity(x0).sum(1).mean(-1) - density).pow(2)
+        return out
 
     return loss
 
