@@ -22,6 +22,14 @@ Assets:
   the sources of test-time adaptation (``methods.tta``).
 * ``digits_student_2step``: a consistency-distilled student of ``digits_unet`` (``ConsistencyDenoiser``), sampled
   in 2 network calls by multistep consistency sampling (its ``native_sampling``).
+* audio (issue 16; ``recipes_audio``, ``recipes_ezaudio``, ``recipes_makeanaudio2``): ``speech_prodiff`` (ProDiff TTS
+  teacher + distilled 2-step student on the espeak-ng corpus, with a lexicon), ``events_auffusion`` (Auffusion
+  text-to-audio mel UNet), ``events_ezaudio`` (EzAudio's masked-trained mel-frame DiT and its unmasked twin),
+  ``events_makeanaudio2`` (the structured-caption and unordered-caption Make-An-Audio 2 models).
+* video and personalisation (issue 17; ``recipes_video``, ``recipes_cbb``, ``recipes_eclipse``): ``moving_digits_video``
+  (class- and first-frame-conditional factorised 3-D UNet), ``moving_digits_cbb`` (Consecutive Brownian Bridge
+  interpolator), ``captions_eclipse`` (λ-ECLIPSE prior + unCLIP-style decoder on ``captions_clip`` embeddings).
+These load through their manifest's ``"loader"`` (``module:function``, our own modules only).
 """
 
 from __future__ import annotations
