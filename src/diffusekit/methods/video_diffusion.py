@@ -31,11 +31,10 @@ from ..core import noise
 from ..core._tensor import per_sample
 from ..core.denoiser import Denoiser, NetworkDenoiser
 from ..core.grids import make_grid
-from ..core.predictions import prediction_from_x0_eps
 from ..domains.video.nets import joint_frames_mask
 from .thresholding import StaticThresholdDenoiser
 from ..samplers import get_sampler
-from ..training.losses import DiffusionLoss, class_condition, loss_weight, sample_times
+from ..training.losses import DiffusionLoss, class_condition, sample_times
 
 __all__ = ["mixed_noise", "VideoDiffusionLoss", "sample_videos", "train_video_net", "VideoModel", "VideoCFGDenoiser"]
 
@@ -122,18 +121,7 @@ class VideoDiffusionLoss(DiffusionLoss):
             cond["first_frame"] = clips[:, 0] * per_sample(keep.to(clips.dtype), clips[:, 0])
         if frame_mask is not None:
             cond["frame_mask"] = frame_mask
-        return self.loss_with_condition(net, x0, t, eps.to(x0.device), cond)
-
-    def loss_with_condition(self, net, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                            cond: dict) -> torch.Tensor:
-        """L_i = w(t_i) mean (F(alpha x0 + sigma eps, t_i, cond) - target(x0, eps))^2 over frames and pixels (B,)."""
-        x_t = self.schedule.add_noise(x0, t, eps)
-        out = self.denoiser(net).raw(x_t, t, **cond)
-        target = prediction_from_x0_eps(x0, eps, t, self.schedule, self.prediction, sigma_data=self.sigma_data)
-        per_example = ((out - target) ** 2).flatten(1).mean(1)
-        weight = loss_weight(t, self.schedule, self.prediction, self.weighting, min_snr_gamma=self.min_snr_gamma,
-                             sigma_data=self.sigma_data)
-        return per_example * per_sample(weight, per_example)
+        return self.loss_given_condition(net, x0, t, eps.to(x0.device), cond)
 
 
 class VideoCFGDenoiser(Denoiser):

@@ -144,8 +144,12 @@ class DiffusionLoss:
         """Per-example loss (B,) at given times t (B,) and noise eps (shaped like x0):
         L_i = w(t_i) mean_j (F(x_t, t_i)_j - target_j)^2 with x_t = alpha_t x0 + sigma_t eps. ``generator`` only
         feeds label dropout. ``__call__`` draws t and eps, then calls this."""
+        return self.loss_given_condition(net, x0, t, eps, class_condition(net, labels, self.label_dropout, generator))
+
+    def loss_given_condition(self, net: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                             cond: dict) -> torch.Tensor:
+        """``loss_at`` with the network's keyword condition given as is (class labels, first frames, ...)."""
         x_t = self.schedule.add_noise(x0, t, eps)
-        cond = class_condition(net, labels, self.label_dropout, generator)
         out = self.denoiser(net).raw(x_t, t, **cond)
         target = prediction_from_x0_eps(x0, eps, t, self.schedule, self.prediction, sigma_data=self.sigma_data)
         per_example = ((out - target) ** 2).flatten(1).mean(1)
