@@ -44,6 +44,24 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
 
+def _fit(params, steps: int, lr: float, step_loss, desc: str, progress: bool, warmup: int = 50) -> list[float]:
+    """The training loop every model here shares: AdamW (no weight decay) with a linear warm-up over ``warmup``
+    steps; ``step_loss(step) -> (loss to minimise, value to log)``. Returns the logged values, one per step."""
+    opt = _optimizer(params, lr)
+    history = []
+    bar = _bar(steps, desc, progress)
+    for step in range(steps):
+        _warm_lr(opt, step, lr, warmup)
+        loss, logged = step_loss(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(logged.item())
+        bar.update()
+    bar.close()
+    return history
+
+
 @dataclass
 class StyleCondition:
     """The condition of a batch: text (B, 64) aligned phoneme ids, prompt (B, 4) standardised global style of another
@@ -84,15 +102,13 @@ def train_prosody_vq(data: ProsodyData, steps: int, *, seed: int = 0, batch: int
     torch.manual_seed(seed)  # parameter init only
     vq = ProsodyVQ(latent_dim, codebook_size, channels)
     x_all = data.contours[data.train]
-    opt = _optimizer(vq.parameters(), lr)
-    plain_steps, history = steps // 4, []
-    bar = _bar(steps, "prosody VQ", progress)
-    for step in range(steps):
+    plain_steps = steps // 4
+
+    def step_loss(step: int):
         if step == plain_steps:
             with torch.no_grad():
                 z = vq.encode(x_all).transpose(1, 2).reshape(-1, latent_dim)
                 vq.codebook.copy_(z[torch.randperm(len(z), generator=g)[:codebook_size]])
-        _warm_lr(opt, step, lr, 50)
         x = x_all[torch.randint(len(x_all), (batch,), generator=g)]
         z_e = vq.encode(x)
         if step < plain_steps:
@@ -101,12 +117,9 @@ def train_prosody_vq(data: ProsodyData, steps: int, *, seed: int = 0, batch: int
             z_q, _, codebook_loss, commit_loss = vq.quantize(z_e)
             rec, loss_extra = vq.decode(z_q), (codebook_loss + beta * commit_loss).mean()
         rec_loss = (rec - x).pow(2).mean()
-        opt.zero_grad()
-        (rec_loss + loss_extra).backward()
-        opt.step()
-        history.append(rec_loss.item())
-        bar.update()
-    bar.close()
+        return rec_loss + loss_extra, rec_loss
+
+    history = _fit(vq.parameters(), steps, lr, step_loss, "prosody VQ", progress)
     return vq.eval(), history
 
 
@@ -151,21 +164,15 @@ def train_style_diffusion(data: ProsodyData, latents: StyleLatents, steps: int, 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # parameter init only
     net = StyleDenoiserNet(data.vocab_size, latents.y.shape[1], data.styles.shape[1], channels=channels)
-    opt = _optimizer(net.parameters(), lr)
     train = torch.tensor(data.train)
-    history = []
-    bar = _bar(steps, "style diffusion", progress)
-    for step in range(steps):
-        _warm_lr(opt, step, lr, 50)
+
+    def step_loss(step: int):
         index = train[torch.randint(len(train), (batch,), generator=g)]
         condition = StyleCondition.for_utterances(data, index, g, pool=data.train, drop=prompt_drop)
         loss = edm_style_loss(net, latents.y[index], condition, g).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        bar.update()
-    bar.close()
+        return loss, loss
+
+    history = _fit(net.parameters(), steps, lr, step_loss, "style diffusion", progress)
     return net.eval(), history
 
 
@@ -250,20 +257,14 @@ def distill_one_step(teacher: StyleDenoiserNet, vq: ProsodyVQ, latents: StyleLat
     for p in vq.parameters():
         p.requires_grad_(False)
     student = OneStepStudent(net)
-    opt = _optimizer(net.parameters(), lr)
-    history = []
-    bar = _bar(steps, "one-step distillation", progress)
-    for step in range(steps):
-        _warm_lr(opt, step, lr, 50)
+
+    def step_loss(step: int):
         i = torch.randint(len(noise), (batch,), generator=g)
         part = StyleCondition(condition.text[i], condition.prompt[i], condition.keep[i], condition.speaker[i])
         loss = _perceptual_loss(vq, student(noise[i], part), targets[i], latents.scale).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        bar.update()
-    bar.close()
+        return loss, loss
+
+    history = _fit(net.parameters(), steps, lr, step_loss, "one-step distillation", progress)
     for p in vq.parameters():
         p.requires_grad_(True)
     net.eval()
@@ -282,22 +283,16 @@ def train_regression(data: ProsodyData, vq: ProsodyVQ, latents: StyleLatents, st
     for p in vq.parameters():
         p.requires_grad_(False)
     denoiser = style_denoiser(net)
-    opt = _optimizer(net.parameters(), lr)
     train = torch.tensor(data.train)
-    history = []
-    bar = _bar(steps, "regression baseline", progress)
-    for step in range(steps):
-        _warm_lr(opt, step, lr, 50)
+
+    def step_loss(step: int):
         index = train[torch.randint(len(train), (batch,), generator=g)]
         condition = StyleCondition.for_utterances(data, index, g, pool=data.train)
         y = regression_latent(denoiser, condition, latents.y.shape[1:])
         loss = (vq.decode(y * latents.scale) - data.contours[index]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        bar.update()
-    bar.close()
+        return loss, loss
+
+    history = _fit(net.parameters(), steps, lr, step_loss, "regression baseline", progress)
     for p in vq.parameters():
         p.requires_grad_(True)
     return net.eval(), history
