@@ -42,21 +42,9 @@ def add_arguments(parser) -> None:
 
 def read_subject(path: Path, size: int = 24):
     """One subject image (3, size, size) float32 in [-1, 1] from a PNG; UserError if it cannot be read."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    from .image_input import read_image
 
-    if not path.is_file():
-        raise UserError(f"--subject {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BOX)
-            arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"--subject {path}: not a readable image ({err})") from None
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return read_image(path, flag="--subject", side=size, grey=False)
 
 
 def _validate(args):

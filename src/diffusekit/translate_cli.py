@@ -65,19 +65,10 @@ def read_images(path: Path, shape: tuple[int, int] | None):
     if not path.is_file():
         raise UserError(f"--input {path}: no such file")
     if path.suffix == ".png":
-        from PIL import Image, UnidentifiedImageError
+        from .image_input import read_image
 
-        try:
-            with Image.open(path) as img:
-                channels = shape[0] if shape is not None else (1 if img.mode in ("L", "1", "I", "F") else 3)
-                img = img.convert("L" if channels == 1 else "RGB")
-                if shape is not None and img.size != (shape[1], shape[1]):
-                    img = img.resize((shape[1], shape[1]), Image.BOX)
-                arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"--input {path}: not a readable PNG ({err})") from None
-        arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return read_image(path, flag="--input", side=None if shape is None else shape[1],
+                          grey=None if shape is None else shape[0] == 1, what="PNG")[None]
     if path.suffix != ".npz":
         raise UserError(f"--input must be a .npz or .png file; got {path.name}")
     try:

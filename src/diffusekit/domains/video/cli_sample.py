@@ -79,20 +79,9 @@ def contact_sheet_png(clips, *, scale: int = 4) -> bytes:
 
 
 def _read_first_frame(path: Path, side: int):
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    from ...image_input import read_image
 
-    if not path.is_file():
-        raise UserError(f"--first-frame {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L")
-            if img.size != (side, side):
-                img = img.resize((side, side), Image.BOX)
-            arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"--first-frame {path}: not a readable image ({err})") from None
-    return torch.from_numpy(arr)[None]
+    return read_image(path, flag="--first-frame", side=side, grey=True)
 
 
 def _load_model(spec: str):
